@@ -1,0 +1,170 @@
+"""Admin subcommands of the `gateway` CLI: HTTP calls to a running gateway's admin API."""
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+Request = tuple[str, str, Any]  # method, path, JSON body or None
+
+
+@dataclass(frozen=True)
+class AdminCommand:
+    """One CLI subcommand: its arguments and the admin call it makes."""
+
+    name: str
+    help: str
+    arguments: tuple[tuple[str, dict[str, Any]], ...]
+    request: Callable[[argparse.Namespace], Request]
+
+    def add_to(self, commands: Any) -> None:
+        parser = commands.add_parser(self.name, help=self.help)
+        for flag, options in self.arguments:
+            parser.add_argument(flag, **options)
+        parser.add_argument(
+            "--url", default=os.environ.get("GATEWAY_URL", DEFAULT_URL), help="gateway base URL"
+        )
+
+
+def _shadow_spec(text: str) -> dict[str, Any]:
+    variant, _, sample = text.partition(":")
+    try:
+        return {"variant": variant, "sample": float(sample) if sample else 1.0}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected VARIANT or VARIANT:SAMPLE") from None
+
+
+MODEL = ("model", {"help": "model name"})
+ADMIN_COMMANDS = (
+    AdminCommand(
+        "status", "show routing state",
+        (("model", {"nargs": "?", "help": "one model (default: all)"}),),
+        lambda a: ("GET", f"/admin/models/{a.model}" if a.model else "/admin/models", None),
+    ),
+    AdminCommand(
+        "history", "show a model's routing revisions", (MODEL,),
+        lambda a: ("GET", f"/admin/models/{a.model}/history", None),
+    ),
+    AdminCommand(
+        "canary", "start or ramp a canary",
+        (MODEL, ("variant", {}), ("weight", {"type": float})),
+        lambda a: ("PUT", f"/admin/models/{a.model}/canary",
+                   {"variant": a.variant, "weight": a.weight}),
+    ),
+    AdminCommand(
+        "abort", "abort a model's canary", (MODEL,),
+        lambda a: ("DELETE", f"/admin/models/{a.model}/canary", None),
+    ),
+    AdminCommand(
+        "promote", "make the canary live", (MODEL,),
+        lambda a: ("POST", f"/admin/models/{a.model}/promote", None),
+    ),
+    AdminCommand(
+        "flip", "blue-green flip to a variant", (MODEL, ("variant", {})),
+        lambda a: ("POST", f"/admin/models/{a.model}/flip", {"to": a.variant}),
+    ),
+    AdminCommand(
+        "rollback", "restore the previous (or a given) revision",
+        (MODEL, ("--to", {"type": int, "dest": "to_revision", "help": "revision to restore"})),
+        lambda a: ("POST", f"/admin/models/{a.model}/rollback",
+                   {"to_revision": a.to_revision} if a.to_revision is not None else None),
+    ),
+    AdminCommand(
+        "shadow", "replace a model's shadows (none given: remove all)",
+        (MODEL, ("shadows", {"nargs": "*", "type": _shadow_spec, "metavar": "VARIANT[:SAMPLE]"})),
+        lambda a: ("PUT", f"/admin/models/{a.model}/shadows", a.shadows),
+    ),
+    AdminCommand(
+        "reload", "re-read the config file and load new or changed variants", (),
+        lambda a: ("POST", "/admin/reload", None),
+    ),
+)  # fmt: skip
+_BY_NAME = {command.name: command for command in ADMIN_COMMANDS}
+
+
+def run_admin_command(args: argparse.Namespace) -> int:
+    """Make the admin call of `args.command`, print the answer; 0 on success, 1 on refusal."""
+    method, path, body = _BY_NAME[args.command].request(args)
+    try:
+        status, answer = call(args.url, method, path, body)
+    except OSError as exc:
+        print(f"gateway: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 1
+    if status >= 400:
+        message = answer.get("error") if isinstance(answer, dict) else answer
+        print(f"gateway: {status}: {message}", file=sys.stderr)
+        return 1
+    print(render(answer))
+    return 0
+
+
+def call(url: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """One admin call with the token from GATEWAY_ADMIN_TOKEN; (status, decoded JSON)."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url.rstrip("/") + path, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    token = os.environ.get("GATEWAY_ADMIN_TOKEN")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        try:
+            return exc.code, json.loads(raw)
+        except ValueError:
+            return exc.code, raw.decode(errors="replace")
+
+
+def render(answer: Any) -> str:
+    """Routing states as a table; history as one line per revision; anything else as JSON."""
+    if isinstance(answer, dict) and "models" in answer:
+        answer = answer["models"]
+    if isinstance(answer, dict) and "live" in answer:
+        answer = [answer]
+    if isinstance(answer, list) and answer and all("live" in row for row in answer):
+        return _table(["model", "rev", "live", "canary", "shadows", "sticky", "variants"],
+                      [_state_row(row) for row in answer])  # fmt: skip
+    if isinstance(answer, list) and answer and all("action" in row for row in answer):
+        return _table(["rev", "action", "live", "canary", "shadows"],
+                      [_history_row(row) for row in answer])  # fmt: skip
+    return json.dumps(answer, indent=2)
+
+
+def _state_row(state: dict[str, Any]) -> list[str]:
+    return [
+        state["model"], str(state["revision"]), state["live"], _canary(state),
+        _shadows(state), state.get("sticky_header") or "-", ",".join(state["variants"]),
+    ]  # fmt: skip
+
+
+def _history_row(entry: dict[str, Any]) -> list[str]:
+    state = entry["state"]
+    return [str(entry["revision"]), entry["action"], state["live"], _canary(state), _shadows(state)]
+
+
+def _canary(state: dict[str, Any]) -> str:
+    canary = state.get("canary")
+    return f"{canary['variant']}@{canary['weight']:g}" if canary else "-"
+
+
+def _shadows(state: dict[str, Any]) -> str:
+    shadows = state.get("shadows") or []
+    return ",".join(f"{s['variant']}:{s['sample']:g}" for s in shadows) or "-"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [header, ["-" * w for w in widths], *rows]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )

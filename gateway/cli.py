@@ -1,0 +1,85 @@
+"""`gateway` command line: serve, and every admin operation (CONTRACT §4)."""
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+
+from gateway.admin_client import ADMIN_COMMANDS, run_admin_command
+from gateway.errors import ConfigError
+from gateway.runtime import ModelRepository, load_repository
+from gateway.settings import DEFAULT_CONFIG, Settings, load_settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    return run_admin_command(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser("serve", help="serve the configured models over HTTP")
+    env = os.environ.get
+    serve_cmd.add_argument("--config", default=env("GATEWAY_CONFIG", DEFAULT_CONFIG))
+    serve_cmd.add_argument("--host", default=env("GATEWAY_HOST", "127.0.0.1"))
+    serve_cmd.add_argument("--port", type=int, default=int(env("GATEWAY_PORT", "8000")))
+    serve_cmd.add_argument("--workers", type=int, default=int(env("GATEWAY_WORKERS", "1")))
+    serve_cmd.add_argument("--log-level", default="info")
+    for command in ADMIN_COMMANDS:
+        command.add_to(commands)
+    return parser
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Check the config and the models, then run uvicorn (one process, or N workers)."""
+    try:
+        settings = load_settings(args.config)
+        _check_workers(settings, args.workers)
+        repository = _preload(settings, args.workers)
+    except ConfigError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    from gateway.http import create_app
+
+    options = {
+        "host": args.host,
+        "port": args.port,
+        "log_level": args.log_level,
+        "access_log": False,  # our own access log is in the app (settings.access_log)
+        "timeout_graceful_shutdown": 10,
+    }
+    if args.workers == 1:
+        uvicorn.run(create_app(settings, repository), **options)
+        return 0
+    os.environ["GATEWAY_CONFIG"] = str(settings.config_path)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
+    uvicorn.run("gateway.http.app:app_from_env", factory=True, workers=args.workers, **options)
+    return 0
+
+
+def _check_workers(settings: Settings, workers: int) -> None:
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    if workers > 1 and settings.redis_url is None:
+        raise ConfigError(
+            f"{settings.config_path}: redis_url: --workers {workers} needs Redis to share routing "
+            "and the shadow log between workers; set redis_url (or GATEWAY_REDIS_URL) or use "
+            "--workers 1"
+        )
+
+
+def _preload(settings: Settings, workers: int) -> ModelRepository | None:
+    """Load every variant before serving, so a bad model stops start-up with a message.
+
+    One process keeps what it loaded; with several workers each loads its own (they are
+    separate processes), so this check's sessions are dropped.
+    """
+    repository = load_repository(settings)
+    return repository if workers == 1 else None

@@ -1,0 +1,8 @@
+"""The control plane: routing state, revisions, history, rollback and change propagation."""
+
+from gateway.control.embedded import EmbeddedStore
+from gateway.control.plane import ControlPlane
+from gateway.control.redis_store import RedisStore
+from gateway.control.store import HistoryEntry, RoutingStore
+
+__all__ = ["ControlPlane", "EmbeddedStore", "HistoryEntry", "RedisStore", "RoutingStore"]

@@ -1,0 +1,177 @@
+"""Routing changes (CONTRACT §3, §4): validate, append a revision, install, propagate.
+
+Every change is computed from the store's current entry, not from this process's table, so
+workers and replicas never overwrite each other: the store's append is a compare-and-set on the
+revision. The changing process installs the new state at once; the others get it from the store's
+watch. Invalid changes raise before anything is written.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import replace
+
+from gateway.control.store import HistoryEntry, OnReload, RoutingStore
+from gateway.errors import BadRequest, Conflict, NotFound
+from gateway.routing import Canary, RoutingState, RoutingTable, Shadow
+
+log = logging.getLogger(__name__)
+
+Change = Callable[[RoutingState], RoutingState]
+Variants = Callable[[str], Collection[str]]
+
+
+class ControlPlane:
+    """Applies admin changes to a RoutingStore and keeps the local RoutingTable in step."""
+
+    def __init__(
+        self,
+        store: RoutingStore,
+        table: RoutingTable,
+        variants: Variants,
+        on_install: Callable[[str, RoutingState], None] = lambda model, state: None,
+    ) -> None:
+        self.store = store
+        self.table = table
+        self._variants = variants
+        self._on_install = on_install
+        self._watch: asyncio.Task[None] | None = None
+
+    async def start(self, initial: Mapping[str, RoutingState]) -> None:
+        """Adopt the stored routing of each model, or store `initial` for models new to it."""
+        for model, state in initial.items():
+            await self.adopt(model, state)
+
+    def watch(self, on_reload: OnReload) -> None:
+        """Follow changes made by other workers and replicas in the background."""
+        self._watch = asyncio.create_task(
+            self.store.watch(lambda: list(self.table.all()), self.install, on_reload)
+        )
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        await self.store.close()
+
+    async def adopt(self, model: str, initial: RoutingState) -> None:
+        """Serve the stored state of `model` (a restart is not a routing change) or store
+        `initial` as revision 1. A stored state naming variants that are gone is replaced."""
+        entry = await self.store.current(model)
+        if entry is None:
+            entry = HistoryEntry.new("init", initial.at(1))
+            await self.store.append(model, entry)
+        elif not self._valid(model, entry.state):
+            log.warning("stored routing of %s names removed variants; using the config", model)
+            entry = HistoryEntry.new("config", initial.at(entry.revision + 1))
+            await self.store.append(model, entry)
+        self.install(model, entry.state)
+
+    def install(self, model: str, state: RoutingState) -> None:
+        """Make `state` the one requests read (ignored if not newer than the current one)."""
+        current = self.table.all().get(model)
+        if current is not None and state.revision <= current.revision:
+            return
+        self.table.install(model, state)
+        self._on_install(model, state)
+
+    async def history(self, model: str) -> list[HistoryEntry]:
+        self.table.get(model)
+        return await self.store.history(model)
+
+    async def set_canary(self, model: str, variant: str, weight: float) -> RoutingState:
+        """Start a canary or change its weight."""
+        self._check_variant(model, variant)
+        if not 0.0 <= weight <= 1.0:
+            raise BadRequest(f"canary weight must be between 0 and 1, got {weight}")
+
+        def change(state: RoutingState) -> RoutingState:
+            if variant == state.live:
+                raise Conflict(f"{variant!r} is live already; a canary must be another variant")
+            return replace(state, canary=Canary(variant, weight))
+
+        return await self._change(model, f"canary {variant} {weight:g}", change)
+
+    async def abort_canary(self, model: str) -> RoutingState:
+        """Send every request to live again and forget the canary."""
+
+        def change(state: RoutingState) -> RoutingState:
+            if state.canary is None:
+                raise Conflict(f"model {model!r} has no canary to abort")
+            return replace(state, canary=None)
+
+        return await self._change(model, "abort", change)
+
+    async def promote(self, model: str) -> RoutingState:
+        """Make the canary live and remove it."""
+
+        def change(state: RoutingState) -> RoutingState:
+            if state.canary is None:
+                raise Conflict(f"model {model!r} has no canary to promote")
+            return replace(state, live=state.canary.variant, canary=None)
+
+        return await self._change(model, "promote", change)
+
+    async def flip(self, model: str, variant: str) -> RoutingState:
+        """Blue-green: make `variant` live in one step (a canary of it is absorbed)."""
+        self._check_variant(model, variant)
+
+        def change(state: RoutingState) -> RoutingState:
+            if variant == state.live:
+                raise Conflict(f"{variant!r} is live already")
+            canary = state.canary if state.canary and state.canary.variant != variant else None
+            return replace(state, live=variant, canary=canary)
+
+        return await self._change(model, f"flip {variant}", change)
+
+    async def set_shadows(self, model: str, shadows: list[Shadow]) -> RoutingState:
+        """Replace the set of shadows."""
+        for shadow in shadows:
+            self._check_variant(model, shadow.variant)
+            if not 0.0 <= shadow.sample <= 1.0:
+                raise BadRequest(f"shadow sample must be between 0 and 1, got {shadow.sample}")
+        if len({shadow.variant for shadow in shadows}) != len(shadows):
+            raise BadRequest("a variant may appear only once among the shadows")
+        names = ",".join(shadow.variant for shadow in shadows) or "none"
+        return await self._change(
+            model, f"shadows {names}", lambda state: replace(state, shadows=tuple(shadows))
+        )
+
+    async def rollback(self, model: str, to_revision: int | None = None) -> RoutingState:
+        """Restore the state of revision current-1 (or `to_revision`) as a new revision."""
+        history = await self.history(model)
+        current = history[-1].revision
+        target = current - 1 if to_revision is None else to_revision
+        if to_revision is None and target < 1:
+            raise Conflict(f"model {model!r} has no earlier revision to roll back to")
+        if not 1 <= target <= current:
+            raise NotFound(f"model {model!r} has no revision {target} (revisions 1..{current})")
+        if target == current:
+            raise Conflict(f"revision {target} is the current revision already")
+        restored = history[target - 1].state
+        if not self._valid(model, restored):
+            raise Conflict(f"revision {target} names variants that are no longer loaded")
+        return await self._change(model, f"rollback {target}", lambda state: restored)
+
+    async def _change(self, model: str, action: str, change: Change) -> RoutingState:
+        self.table.get(model)  # NotFound for unknown models before touching the store
+        entry = await self.store.current(model)
+        if entry is None:
+            raise NotFound(f"model {model!r} has no routing state")
+        new = change(entry.state).at(entry.revision + 1)
+        await self.store.append(model, HistoryEntry.new(action, new))
+        self.install(model, new)
+        log.info("routing of %s is now revision %d: %s", model, new.revision, action)
+        return new
+
+    def _check_variant(self, model: str, variant: str) -> None:
+        known = self._variants(model)
+        if variant not in known:
+            raise NotFound(
+                f"model {model!r} has no variant {variant!r}; its variants are {sorted(known)}"
+            )
+
+    def _valid(self, model: str, state: RoutingState) -> bool:
+        return state.variants() <= set(self._variants(model))

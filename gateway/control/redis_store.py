@@ -1,0 +1,105 @@
+"""Routing history in Redis, shared by every worker and replica, with changes pushed by pub/sub.
+
+Keys (internal, not part of the contract): `gateway:routing:{model}` is a list of JSON history
+entries, oldest first, so a model's revision is the list's length. Changes are appended by a Lua
+script that checks the expected revision and publishes the model's name on `gateway:routing`, so
+the write and the notification are one atomic step. Watchers also re-read every model once a
+second without messages, as a safety net for a missed notification or a reconnect.
+"""
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.control.store import HistoryEntry, ModelNames, OnChange, OnReload
+from gateway.errors import Conflict, Unavailable
+
+log = logging.getLogger(__name__)
+
+HISTORY_KEY = "gateway:routing:{model}"
+CHANNEL = "gateway:routing"
+RELOAD_MESSAGE = "\x00reload"
+SAFETY_NET_S = 1.0
+RECONNECT_S = 0.5
+
+_APPEND = """
+if redis.call('LLEN', KEYS[1]) + 1 ~= tonumber(ARGV[1]) then return 0 end
+redis.call('RPUSH', KEYS[1], ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+"""
+
+
+class RedisStore:
+    """A RoutingStore on Redis; every Redis failure surfaces as Unavailable (503)."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+        self._append = client.register_script(_APPEND)
+
+    async def current(self, model: str) -> HistoryEntry | None:
+        raw = await self._call(self._client.lindex(HISTORY_KEY.format(model=model), -1))
+        return HistoryEntry.from_dict(orjson.loads(raw)) if raw else None
+
+    async def history(self, model: str) -> list[HistoryEntry]:
+        raw = await self._call(self._client.lrange(HISTORY_KEY.format(model=model), 0, -1))
+        return [HistoryEntry.from_dict(orjson.loads(item)) for item in raw]
+
+    async def append(self, model: str, entry: HistoryEntry) -> None:
+        args: list[int | bytes | str] = [
+            entry.revision,
+            orjson.dumps(entry.to_dict()),
+            CHANNEL,
+            model,
+        ]
+        done = await self._call(self._append(keys=[HISTORY_KEY.format(model=model)], args=args))
+        if not done:
+            raise Conflict(f"routing of {model!r} changed meanwhile; try again")
+
+    async def announce_reload(self) -> None:
+        await self._call(self._client.publish(CHANNEL, RELOAD_MESSAGE))
+
+    async def watch(self, models: ModelNames, on_change: OnChange, on_reload: OnReload) -> None:
+        """Follow changes until cancelled, reconnecting after any Redis failure."""
+        while True:
+            try:
+                await self._follow(models, on_change, on_reload)
+            except (RedisError, OSError, Unavailable) as exc:
+                log.warning("routing watch lost Redis, serving the last routing: %s", exc)
+                await asyncio.sleep(RECONNECT_S)
+
+    async def close(self) -> None:
+        """The client belongs to the app's lifespan, which closes it."""
+
+    async def _follow(self, models: ModelNames, on_change: OnChange, on_reload: OnReload) -> None:
+        async with self._client.pubsub() as pubsub:
+            await pubsub.subscribe(CHANNEL)
+            await self._sync(models, on_change)  # catch up on what was missed while away
+            while True:
+                message = await pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=SAFETY_NET_S
+                )
+                if message is None:
+                    await self._sync(models, on_change)
+                    continue
+                name = message["data"].decode()
+                if name == RELOAD_MESSAGE:
+                    await on_reload()
+                else:
+                    await self._sync(lambda: [name], on_change)  # noqa: B023 (called at once)
+
+    async def _sync(self, models: ModelNames, on_change: OnChange) -> None:
+        for model in list(models()):
+            entry = await self.current(model)
+            if entry is not None:
+                on_change(model, entry.state)
+
+    async def _call(self, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"the routing store (Redis) is unreachable: {exc}") from exc

@@ -1,0 +1,61 @@
+"""What a routing store keeps: per model, an append-only history whose last entry is current."""
+
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol, Self
+
+from gateway.routing import RoutingState
+
+OnChange = Callable[[str, RoutingState], None]
+OnReload = Callable[[], Awaitable[None]]
+ModelNames = Callable[[], Iterable[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One revision: what changed (`action`), when (unix seconds) and the resulting state."""
+
+    revision: int
+    action: str
+    time: float
+    state: RoutingState
+
+    @classmethod
+    def new(cls, action: str, state: RoutingState) -> Self:
+        return cls(state.revision, action, round(time.time(), 3), state)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        return cls(
+            int(data["revision"]),
+            str(data["action"]),
+            float(data["time"]),
+            RoutingState.from_dict(data["state"]),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "action": self.action,
+            "time": self.time,
+            "state": self.state.to_dict(),
+        }
+
+
+class RoutingStore(Protocol):
+    """Durable routing state. `append` is atomic: it fails with Conflict when `entry.revision`
+    is not exactly one more than the stored current revision (another writer got there first)."""
+
+    async def current(self, model: str) -> HistoryEntry | None: ...
+
+    async def history(self, model: str) -> list[HistoryEntry]: ...
+
+    async def append(self, model: str, entry: HistoryEntry) -> None: ...
+
+    async def announce_reload(self) -> None: ...
+
+    async def watch(self, models: ModelNames, on_change: OnChange, on_reload: OnReload) -> None:
+        """Call `on_change` for every change made elsewhere until cancelled."""
+
+    async def close(self) -> None: ...

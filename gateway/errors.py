@@ -1,0 +1,68 @@
+"""The gateway's exception tree.
+
+Every error a client can cause is a `GatewayError` subclass that knows its HTTP status; the web
+layer maps them to `{"error": message}` responses in one place. Nothing here imports the web
+framework, so the service and runtime layers raise these freely.
+"""
+
+
+class GatewayError(Exception):
+    """Base class: an error with a message a user can act on and an HTTP status."""
+
+    status_code = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(GatewayError):
+    """The request is malformed: not JSON, wrong input names, datatypes, shapes or data."""
+
+    status_code = 400
+
+
+class Unauthorized(GatewayError):
+    """The admin API was called without the right bearer token."""
+
+    status_code = 401
+
+
+class Forbidden(GatewayError):
+    """The admin API is switched off (no token configured)."""
+
+    status_code = 403
+
+
+class NotFound(GatewayError):
+    """Unknown model, variant or revision."""
+
+    status_code = 404
+
+
+class Conflict(GatewayError):
+    """A routing change that contradicts the current state (canary == live, nothing to promote)."""
+
+    status_code = 409
+
+
+class PayloadTooLarge(GatewayError):
+    """The request body is over `max_body_bytes`."""
+
+    status_code = 413
+
+
+class Unavailable(GatewayError):
+    """Not ready yet, or the routing store (Redis) cannot be reached for a change."""
+
+    status_code = 503
+
+
+class InferenceTimeout(GatewayError):
+    """The model run took longer than `request_timeout_s`."""
+
+    status_code = 504
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the file, the field and the problem."""

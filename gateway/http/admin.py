@@ -1,0 +1,163 @@
+"""Admin API (CONTRACT §4): routing state, changes, history, rollback and reload."""
+
+import hmac
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.control import ControlPlane
+from gateway.errors import BadRequest, Forbidden, Unauthorized, Unavailable
+from gateway.http.body import read_body
+from gateway.http.responses import json_response
+from gateway.lifecycle import Gateway
+from gateway.protocol.v2 import parse_json
+from gateway.routing import RoutingState, Shadow
+
+ADMIN_BODY_LIMIT = 64 * 1024
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CanaryBody(_Body):
+    variant: str
+    weight: float
+
+
+class FlipBody(_Body):
+    to: str
+
+
+class ShadowBody(_Body):
+    variant: str
+    sample: float = 1.0
+
+
+class RollbackBody(_Body):
+    to_revision: int | None = None
+
+
+_SHADOWS = TypeAdapter(list[ShadowBody])
+
+
+def _gateway(request: Request) -> Gateway:
+    """The running gateway, once the caller has proved they hold the admin token."""
+    token = request.app.state.settings.admin_token
+    if token is None or not token.get_secret_value():
+        raise Forbidden("the admin API is off: set GATEWAY_ADMIN_TOKEN to turn it on")
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    expected = token.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        raise Unauthorized("missing or wrong admin token (Authorization: Bearer <token>)")
+    gateway: Gateway | None = getattr(request.app.state, "gateway", None)
+    if gateway is None or not gateway.service.ready:
+        raise Unavailable("the gateway is not ready yet")
+    return gateway
+
+
+def _control(request: Request) -> ControlPlane:
+    return _gateway(request).control
+
+
+async def _parse(request: Request, adapter: Any, optional: bool = False) -> Any:
+    raw = await read_body(request, ADMIN_BODY_LIMIT)
+    if optional and not raw.strip():
+        raw = b"{}"
+    try:
+        return adapter.validate_python(parse_json(raw))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        )
+        raise BadRequest(f"invalid request body: {problems}") from None
+
+
+def state_json(gateway: Gateway, model: str, state: RoutingState) -> dict[str, Any]:
+    """The admin API's view of one model's routing (CONTRACT §4)."""
+    return {
+        "model": model,
+        **state.to_dict(),
+        "variants": sorted(gateway.repository.variants(model)),
+    }
+
+
+def _answer(request: Request, model: str, state: RoutingState) -> Response:
+    return json_response(state_json(_gateway(request), model, state))
+
+
+async def list_models(request: Request) -> Response:
+    gateway = _gateway(request)
+    states = gateway.service.table.all()
+    return json_response([state_json(gateway, m, s) for m, s in sorted(states.items())])
+
+
+async def get_model(request: Request) -> Response:
+    model = request.path_params["model"]
+    return _answer(request, model, _gateway(request).service.table.get(model))
+
+
+async def history(request: Request) -> Response:
+    model = request.path_params["model"]
+    entries = await _control(request).history(model)
+    return json_response([entry.to_dict() for entry in entries])
+
+
+async def put_canary(request: Request) -> Response:
+    model, control = request.path_params["model"], _control(request)
+    body = await _parse(request, TypeAdapter(CanaryBody))
+    return _answer(request, model, await control.set_canary(model, body.variant, body.weight))
+
+
+async def delete_canary(request: Request) -> Response:
+    model = request.path_params["model"]
+    return _answer(request, model, await _control(request).abort_canary(model))
+
+
+async def promote(request: Request) -> Response:
+    model = request.path_params["model"]
+    return _answer(request, model, await _control(request).promote(model))
+
+
+async def flip(request: Request) -> Response:
+    model, control = request.path_params["model"], _control(request)
+    body = await _parse(request, TypeAdapter(FlipBody))
+    return _answer(request, model, await control.flip(model, body.to))
+
+
+async def put_shadows(request: Request) -> Response:
+    model, control = request.path_params["model"], _control(request)
+    bodies = await _parse(request, _SHADOWS)
+    shadows = [Shadow(body.variant, body.sample) for body in bodies]
+    return _answer(request, model, await control.set_shadows(model, shadows))
+
+
+async def rollback(request: Request) -> Response:
+    model, control = request.path_params["model"], _control(request)
+    body = await _parse(request, TypeAdapter(RollbackBody), optional=True)
+    return _answer(request, model, await control.rollback(model, body.to_revision))
+
+
+async def reload(request: Request) -> Response:
+    gateway = _gateway(request)
+    models = await gateway.reload()
+    states = gateway.service.table.all()
+    return json_response({"models": [state_json(gateway, m, states[m]) for m in models]})
+
+
+ROUTES = [
+    Route("/admin/models", list_models, methods=["GET"]),
+    Route("/admin/models/{model}", get_model, methods=["GET"]),
+    Route("/admin/models/{model}/history", history, methods=["GET"]),
+    Route("/admin/models/{model}/canary", put_canary, methods=["PUT"]),
+    Route("/admin/models/{model}/canary", delete_canary, methods=["DELETE"]),
+    Route("/admin/models/{model}/promote", promote, methods=["POST"]),
+    Route("/admin/models/{model}/flip", flip, methods=["POST"]),
+    Route("/admin/models/{model}/shadows", put_shadows, methods=["PUT"]),
+    Route("/admin/models/{model}/rollback", rollback, methods=["POST"]),
+    Route("/admin/reload", reload, methods=["POST"]),
+]

@@ -1,0 +1,169 @@
+"""The running gateway: opens every resource in order, closes them in reverse, and reloads.
+
+`Gateway.start` loads and warms the models (in a thread), connects the routing store, adopts the
+stored routing, starts the shadow log and the routing watch; only then is the service ready.
+"""
+
+import asyncio
+import logging
+from collections.abc import Collection
+
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+
+from gateway.control import ControlPlane, EmbeddedStore, RedisStore, RoutingStore
+from gateway.errors import ConfigError, Conflict, Unavailable
+from gateway.metrics import Metrics
+from gateway.routing import RoutingState, RoutingTable
+from gateway.runtime import ModelRepository, Runner, load_repository
+from gateway.service import InferenceService
+from gateway.settings import Settings, load_settings
+from gateway.shadow import ShadowLog, ShadowSink
+from gateway.sinks import JsonLinesSink, RedisStreamSink
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    """Owns the model sessions, routing, shadow log and Redis client of one worker."""
+
+    repository: ModelRepository
+    control: ControlPlane
+    shadow_log: ShadowLog
+    runner: Runner
+    service: InferenceService
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: CollectorRegistry,
+        repository: ModelRepository | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = Metrics(registry)
+        self._preloaded = repository
+        self._redis: aioredis.Redis | None = None
+        self._reload_lock = asyncio.Lock()
+
+    async def start(self) -> InferenceService:
+        settings = self.settings
+        repository = self._preloaded
+        if repository is None:
+            repository = await asyncio.to_thread(load_repository, settings)
+        self._preloaded = None
+        table = RoutingTable({})
+        self.control = ControlPlane(
+            self._store(), table, self._variants, on_install=self._publish_routing
+        )
+        self.repository = repository
+        await self._adopt_routing(_initial_states(settings))
+        self.shadow_log = ShadowLog(
+            repository,
+            self._sink(),
+            self.metrics,
+            log_inputs={name: model.log_inputs for name, model in settings.models.items()},
+            queue_size=settings.shadow_queue_size,
+            concurrency=settings.shadow_concurrency,
+            timeout=settings.request_timeout_s,
+        )
+        self.shadow_log.start()
+        self.runner = Runner()
+        self.service = InferenceService(
+            repository, table, self.runner, self.metrics, self.shadow_log,
+            settings.request_timeout_s,
+        )  # fmt: skip
+        self.control.watch(self._reload_from_peer)
+        self.service.ready = True
+        return self.service
+
+    async def stop(self) -> None:
+        self.service.ready = False
+        await self.control.stop()
+        await self.shadow_log.close()
+        self.runner.close()
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    async def reload(self) -> list[str]:
+        """Re-read the config file, load new or changed variants, then switch to them.
+
+        Sessions are loaded and warmed before anything can route to them; requests keep using
+        the old ones until the switch. Routing of existing models stays as the admin API set it.
+        """
+        async with self._reload_lock:
+            settings = self._reread()
+            current = self.service.table.all()
+            repository = await asyncio.to_thread(load_repository, settings, self.repository)
+            for model, state in current.items():
+                if (
+                    model in repository.models
+                    and not state.variants() <= repository.models[model].keys()
+                ):
+                    raise Conflict(
+                        f"model {model!r}: the new config drops a variant its routing uses; "
+                        "flip, abort or change shadows first"
+                    )
+            self._switch(settings, repository)
+            new = {m: s for m, s in _initial_states(settings).items() if m not in current}
+            await self._adopt_routing(new)
+            await self.control.store.announce_reload()
+            return sorted(repository.models)
+
+    def _reread(self) -> Settings:
+        path = self.settings.config_path
+        if path is None:
+            raise Conflict("the gateway was started without a config file; nothing to reload")
+        try:
+            return load_settings(path)
+        except ConfigError as exc:
+            raise Conflict(f"config not reloaded: {exc}") from None
+
+    def _switch(self, settings: Settings, repository: ModelRepository) -> None:
+        kept = {m: s for m, s in self.service.table.all().items() if m in repository.models}
+        self.settings = settings
+        self.repository = repository
+        self.service.repository = repository
+        self.shadow_log.repository = repository
+        self.shadow_log.log_inputs = {n: m.log_inputs for n, m in settings.models.items()}
+        self.service.table.replace_all(kept)
+        for model, state in kept.items():
+            self._publish_routing(model, state)
+
+    async def _reload_from_peer(self) -> None:
+        try:
+            await self.reload()
+        except Exception as exc:  # the peer that started the reload reported its own result
+            log.error("reload announced by another worker failed here: %s", exc)
+
+    async def _adopt_routing(self, states: dict[str, RoutingState]) -> None:
+        for model, state in states.items():
+            try:
+                await self.control.adopt(model, state)
+            except Unavailable as exc:
+                # Redis is down at start: serve the config's routing until the watch catches up.
+                log.warning("cannot read routing of %s, using the config for now: %s", model, exc)
+                self.control.install(model, state.at(0))
+
+    def _variants(self, model: str) -> Collection[str]:
+        return self.repository.variants(model).keys()
+
+    def _publish_routing(self, model: str, state: RoutingState) -> None:
+        variants = self.repository.models.get(model, {})
+        self.metrics.set_routing(model, state, variants)
+
+    def _store(self) -> RoutingStore:
+        if self.settings.redis_url is None:
+            return EmbeddedStore(self.settings.data_dir / "routing")
+        self._redis = aioredis.Redis.from_url(
+            self.settings.redis_url, socket_timeout=2.0, socket_connect_timeout=1.0
+        )
+        return RedisStore(self._redis)
+
+    def _sink(self) -> ShadowSink:
+        if self._redis is None:
+            return JsonLinesSink(self.settings.data_dir / "shadow")
+        return RedisStreamSink(self._redis, self.settings.shadow_log_maxlen)
+
+
+def _initial_states(settings: Settings) -> dict[str, RoutingState]:
+    return {name: RoutingState.from_config(m.routing) for name, m in settings.models.items()}

@@ -1,0 +1,16 @@
+"""Pure routing: canary weights, sticky hashing, blue-green, shadow sampling (CONTRACT §3)."""
+
+from gateway.routing.choose import Route, choose_variant, sample_shadows, sticky_fraction
+from gateway.routing.state import Canary, RoutingState, Shadow
+from gateway.routing.table import RoutingTable
+
+__all__ = [
+    "Canary",
+    "Route",
+    "RoutingState",
+    "RoutingTable",
+    "Shadow",
+    "choose_variant",
+    "sample_shadows",
+    "sticky_fraction",
+]

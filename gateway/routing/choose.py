@@ -1,0 +1,49 @@
+"""Choosing a variant: O(1), no I/O, the same answer for a sticky user everywhere."""
+
+import hashlib
+import random
+from dataclasses import dataclass
+
+from gateway.routing.state import RoutingState, Shadow
+
+_SCALE = float(2**64)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """The variant chosen for one request, its role (`live` or `canary`) and the revision."""
+
+    variant: str
+    role: str
+    revision: int
+
+
+def sticky_fraction(model: str, key: str) -> float:
+    """A stable point in [0, 1) for (model, key): the same in every process and after restarts.
+
+    Python's hash() is salted per process, so a keyed blake2b digest is used instead. Comparing
+    the point with the canary weight makes raising the weight only move users to the canary.
+    """
+    digest = hashlib.blake2b(f"{model}\x00{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / _SCALE
+
+
+def choose_variant(
+    model: str, state: RoutingState, sticky_key: str | None, draw: float | None = None
+) -> Route:
+    """Route one request: to the canary with probability `weight`, else to live."""
+    canary = state.canary
+    if canary is None or canary.weight <= 0.0:
+        return Route(state.live, "live", state.revision)
+    if sticky_key is not None:
+        point = sticky_fraction(model, sticky_key)
+    else:
+        point = random.random() if draw is None else draw
+    if point < canary.weight:
+        return Route(canary.variant, "canary", state.revision)
+    return Route(state.live, "live", state.revision)
+
+
+def sample_shadows(state: RoutingState) -> list[Shadow]:
+    """The shadows that receive a copy of this request, each drawn with its own `sample`."""
+    return [shadow for shadow in state.shadows if random.random() < shadow.sample]

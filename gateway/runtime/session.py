@@ -1,0 +1,132 @@
+"""One onnxruntime session per variant, with the input checks its own metadata allows."""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from gateway.errors import BadRequest, ConfigError
+from gateway.types import DATATYPE_OF, DATATYPES, TensorSpec
+
+log = logging.getLogger(__name__)
+
+_ORT_TYPES = {
+    f"tensor({name})": datatype
+    for name, datatype in [
+        ("bool", "BOOL"),
+        ("uint8", "UINT8"),
+        ("uint16", "UINT16"),
+        ("uint32", "UINT32"),
+        ("uint64", "UINT64"),
+        ("int8", "INT8"),
+        ("int16", "INT16"),
+        ("int32", "INT32"),
+        ("int64", "INT64"),
+        ("float16", "FP16"),
+        ("float", "FP32"),
+        ("double", "FP64"),
+    ]
+}
+WARMUP_RUNS = 3
+
+
+def session_options() -> ort.SessionOptions:
+    """Options for low latency on a small CPU.
+
+    One intra-op thread: the models we serve are small, so splitting one run across threads costs
+    more in synchronisation than it saves, and concurrency comes from running several requests at
+    once on the runner's threads. No spinning: idle spinning threads would take the core the event
+    loop needs. Full graph optimisation is done once, at load.
+    """
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return options
+
+
+class ModelSession:
+    """A loaded, warmed-up variant: its tensor specs and a thread-safe `run`."""
+
+    def __init__(self, model: str, variant: str, path: Path) -> None:
+        self.model = model
+        self.variant = variant
+        self.path = path
+        where = f"model {model!r}, variant {variant!r} ({path})"
+        try:
+            self._session = ort.InferenceSession(
+                str(path), sess_options=session_options(), providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises several unrelated types for a bad file
+            raise ConfigError(f"{where}: ONNX file failed to load: {exc}") from None
+        self.inputs = tuple(_spec(arg, where, "input") for arg in self._session.get_inputs())
+        self.outputs = tuple(_spec(arg, where, "output") for arg in self._session.get_outputs())
+        self.input_specs = {spec.name: spec for spec in self.inputs}
+        self.output_specs = {spec.name: spec for spec in self.outputs}
+        self.output_names = [spec.name for spec in self.outputs]
+
+    def validate(self, inputs: dict[str, np.ndarray]) -> None:
+        """Raise BadRequest unless `inputs` has every model input with its datatype and shape."""
+        if inputs.keys() != self.input_specs.keys():
+            _name_mismatch(inputs, self.input_specs)
+        for name, array in inputs.items():
+            spec = self.input_specs[name]
+            if array.dtype != spec.dtype:
+                raise BadRequest(
+                    f"input {name!r} has datatype {DATATYPE_OF.get(array.dtype, array.dtype)}, "
+                    f"the model expects {spec.datatype}"
+                )
+            if not _shape_fits(array.shape, spec.shape):
+                raise BadRequest(
+                    f"input {name!r} has shape {list(array.shape)}, the model expects "
+                    f"{list(spec.shape)} (-1: any size)"
+                )
+
+    def run(
+        self,
+        inputs: dict[str, np.ndarray],
+        output_names: list[str],
+        options: ort.RunOptions | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run the model (releases the GIL); call it from a worker thread, not the event loop."""
+        results = self._session.run(output_names, inputs, options)
+        return dict(zip(output_names, results, strict=True))
+
+    def warm_up(self) -> None:
+        """Run a batch of zeros a few times so the first real request pays no one-off costs."""
+        feeds = {
+            spec.name: np.zeros([1 if dim < 0 else dim for dim in spec.shape], spec.dtype)
+            for spec in self.inputs
+        }
+        for _ in range(WARMUP_RUNS):
+            self.run(feeds, self.output_names)
+
+
+def _spec(arg: ort.NodeArg, where: str, kind: str) -> TensorSpec:
+    datatype = _ORT_TYPES.get(arg.type)
+    if datatype is None:
+        raise ConfigError(
+            f"{where}: {kind} {arg.name!r} has type {arg.type}; only tensors of "
+            f"{', '.join(DATATYPES)} can be served (export classifiers without ZipMap)"
+        )
+    shape = tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in arg.shape)
+    return TensorSpec(arg.name, datatype, shape)
+
+
+def _shape_fits(shape: tuple[int, ...], expected: tuple[int, ...]) -> bool:
+    if len(shape) != len(expected):
+        return False
+    return all(want in (-1, got) for got, want in zip(shape, expected, strict=True))
+
+
+def _name_mismatch(inputs: dict[str, np.ndarray], specs: dict[str, TensorSpec]) -> None:
+    unknown = sorted(inputs.keys() - specs.keys())
+    missing = sorted(specs.keys() - inputs.keys())
+    if unknown:
+        raise BadRequest(f"unknown input {unknown[0]!r}; the model's inputs are {sorted(specs)}")
+    raise BadRequest(f"missing input {missing[0]!r}; the model's inputs are {sorted(specs)}")

@@ -1,0 +1,98 @@
+"""One inference, start to end: route -> validate -> run -> hand a copy to the shadows.
+
+The service knows nothing about HTTP. Side channels (shadow log, metrics) hang off it: they are
+called after the answer is known and never raise into the request.
+"""
+
+import time
+from collections.abc import Mapping
+
+from gateway.errors import BadRequest, Unavailable
+from gateway.metrics import Metrics
+from gateway.routing import Route, RoutingTable, choose_variant, sample_shadows
+from gateway.runtime import ModelRepository, ModelSession, Runner
+from gateway.shadow import ShadowJob, ShadowLog
+from gateway.types import InferRequest, InferResult
+
+DIRECT = "direct"
+
+
+class InferenceService:
+    """Answers inference requests from the loaded variants, as the routing table says."""
+
+    def __init__(
+        self,
+        repository: ModelRepository,
+        table: RoutingTable,
+        runner: Runner,
+        metrics: Metrics,
+        shadow_log: ShadowLog,
+        timeout: float,
+    ) -> None:
+        self.repository = repository
+        self.table = table
+        self.runner = runner
+        self.metrics = metrics
+        self.shadow_log = shadow_log
+        self.timeout = timeout
+        self.ready = False
+
+    def route(self, model: str, headers: Mapping[str, str]) -> Route:
+        """Choose the variant for a routed request (live or canary)."""
+        state = self.table.get(model)
+        sticky = headers.get(state.sticky_header) if state.sticky_header else None
+        return choose_variant(model, state, sticky)
+
+    def direct(self, model: str, variant: str) -> Route:
+        """A route straight to one variant, bypassing routing (testing a green before a flip)."""
+        self.repository.session(model, variant)
+        return Route(variant, DIRECT, self.table.get(model).revision)
+
+    def session(self, model: str, variant: str) -> ModelSession:
+        return self.repository.session(model, variant)
+
+    async def infer(
+        self, model: str, route: Route, request: InferRequest, request_id: str
+    ) -> InferResult:
+        """Run `request` on the variant of `route`; mirror it to sampled shadows if routed."""
+        if not self.ready:
+            raise Unavailable("the gateway is not ready yet: models are still loading")
+        session = self.repository.session(model, route.variant)
+        session.validate(request.inputs)
+        names = _output_names(session, request)
+        started = time.perf_counter()
+        outputs = await self.runner.run(session, request.inputs, names, self.timeout)
+        elapsed = time.perf_counter() - started
+        self.metrics.observe_inference(model, route.variant, elapsed)
+        result = InferResult(
+            model, route.variant, route.role, route.revision, outputs, session.output_specs
+        )
+        if route.role != DIRECT:
+            self._mirror(model, request, request_id, result, elapsed)
+        return result
+
+    def _mirror(
+        self,
+        model: str,
+        request: InferRequest,
+        request_id: str,
+        result: InferResult,
+        live_seconds: float,
+    ) -> None:
+        state = self.table.get(model)
+        for shadow in sample_shadows(state):
+            self.shadow_log.submit(
+                ShadowJob(model, shadow.variant, request_id, request.inputs, result, live_seconds)
+            )
+
+
+def _output_names(session: ModelSession, request: InferRequest) -> list[str]:
+    if request.outputs is None:
+        return session.output_names
+    names = [output.name for output in request.outputs]
+    for name in names:
+        if name not in session.output_specs:
+            raise BadRequest(
+                f"unknown output {name!r}; the model's outputs are {session.output_names}"
+            )
+    return names

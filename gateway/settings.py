@@ -1,0 +1,193 @@
+"""The configuration: one frozen pydantic model loaded from YAML, with environment overrides.
+
+CONTRACT §1. Only the entry point and `create_app` read it. Relative paths in the file are
+resolved against the folder of the config file, so `gateway serve --config deploy/gw.yaml` works
+from any working directory.
+"""
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Self
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from gateway.errors import ConfigError
+
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=128)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+DEFAULT_CONFIG = "gateway.yaml"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class VariantConfig(_Frozen):
+    """One ONNX file that can answer for a model."""
+
+    path: str = Field(description="Path of the .onnx file, relative to model_repository.")
+
+
+class CanaryConfig(_Frozen):
+    """A variant that takes `weight` of the routed traffic."""
+
+    variant: Name
+    weight: Fraction
+
+
+class ShadowConfig(_Frozen):
+    """A variant that sees a `sample` fraction of routed traffic; its answers are only logged."""
+
+    variant: Name
+    sample: Fraction = 1.0
+
+
+class RoutingConfig(_Frozen):
+    """The initial routing of a model; later changes come from the admin API (CONTRACT §3)."""
+
+    live: Name = Field(description="The variant that serves traffic (blue-green).")
+    canary: CanaryConfig | None = None
+    sticky_header: str | None = Field(
+        default=None, description="Request header whose value pins a user to one variant."
+    )
+    shadows: tuple[ShadowConfig, ...] = ()
+
+    @field_validator("sticky_header")
+    @classmethod
+    def _lower_header(cls, value: str | None) -> str | None:
+        # HTTP header names are case-insensitive; ASGI gives them in lower case.
+        return value.lower() if value else None
+
+
+class ModelConfig(_Frozen):
+    """A public model name with its variants and initial routing."""
+
+    variants: dict[Name, VariantConfig] = Field(min_length=1)
+    routing: RoutingConfig
+    log_inputs: bool = Field(default=True, description="False keeps inputs out of the shadow log.")
+
+    @model_validator(mode="after")
+    def _routing_names_known_variants(self) -> Self:
+        check_routing(self.routing, self.variants)
+        return self
+
+
+def check_routing(routing: RoutingConfig, variants: Mapping[str, object]) -> None:
+    """Raise ValueError when routing names a variant the model does not have."""
+
+    def known(field: str, variant: str) -> None:
+        if variant not in variants:
+            raise ValueError(
+                f"routing.{field} names unknown variant {variant!r} "
+                f"(known: {', '.join(sorted(variants))})"
+            )
+
+    known("live", routing.live)
+    if routing.canary is not None:
+        known("canary.variant", routing.canary.variant)
+        if routing.canary.variant == routing.live:
+            raise ValueError("routing.canary.variant must differ from routing.live")
+    seen: set[str] = set()
+    for shadow in routing.shadows:
+        known("shadows", shadow.variant)
+        if shadow.variant in seen:
+            raise ValueError(f"routing.shadows lists {shadow.variant!r} twice")
+        seen.add(shadow.variant)
+
+
+class Settings(_Frozen):
+    """Everything `gateway serve` needs, as read from the config file and the environment."""
+
+    model_repository: Path = Field(
+        default=Path("models"), description="Folder of <model>/<version>/model.onnx files."
+    )
+    redis_url: str | None = Field(
+        default=None, description="redis://host:port/db; null runs embedded (state in data_dir)."
+    )
+    data_dir: Path = Field(
+        default=Path(".gateway"), description="Embedded mode: routing state and shadow log."
+    )
+    request_timeout_s: float = Field(default=5.0, gt=0, description="Slower inference gets 504.")
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0, description="Larger bodies: 413.")
+    shadow_log_maxlen: int = Field(
+        default=100_000, gt=0, description="Redis stream cap (MAXLEN ~)."
+    )
+    shadow_queue_size: int = Field(
+        default=1000, gt=0, description="Shadow runs waiting at most; beyond it they are dropped."
+    )
+    shadow_concurrency: int = Field(default=1, gt=0, description="Shadow runs in parallel.")
+    access_log: bool = Field(default=False, description="Write one JSON line per request.")
+    admin_token: SecretStr | None = Field(
+        default=None, description="Bearer token of the admin API; unset or empty turns it off."
+    )
+    config_path: Path | None = Field(default=None, description="Where these settings came from.")
+    models: dict[Name, ModelConfig] = Field(min_length=1)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value or None
+
+    def resolve(self, base: Path) -> "Settings":
+        """The same settings with relative paths made absolute against `base`."""
+        return self.model_copy(
+            update={
+                "model_repository": (base / self.model_repository).resolve(),
+                "data_dir": (base / self.data_dir).resolve(),
+            }
+        )
+
+
+ENV_OVERRIDES = {"GATEWAY_REDIS_URL": "redis_url", "GATEWAY_ADMIN_TOKEN": "admin_token"}
+
+
+def load_settings(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate a config file; raise ConfigError with one readable message."""
+    env = os.environ if env is None else env
+    file = Path(path)
+    raw = _read_yaml(file)
+    for var, field in ENV_OVERRIDES.items():
+        if var in env:
+            raw[field] = env[var] or None
+    raw["config_path"] = str(file.resolve())
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(file, exc)) from None
+    return settings.resolve(file.resolve().parent)
+
+
+def _read_yaml(file: Path) -> dict[str, Any]:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read config file: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file}: expected a mapping of settings at the top level")
+    return raw
+
+
+def _describe(file: Path, exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors(include_url=False):
+        field = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"{file}: {field}: {message}")
+    return "\n".join(lines)

@@ -1,0 +1,68 @@
+"""Small frozen types shared by the protocol, runtime and routing layers."""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Open Inference Protocol datatypes and the numpy dtypes they travel as (CONTRACT §2).
+DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+}
+DATATYPE_OF: dict[np.dtype, str] = {dtype: name for name, dtype in DATATYPES.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """A model input or output as the protocol describes it: -1 marks a dynamic dimension."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return DATATYPES[self.datatype]
+
+    def as_metadata(self) -> dict[str, object]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True, slots=True)
+class RequestedOutput:
+    """An output the client asked for, and whether it wants it as Triton binary data."""
+
+    name: str
+    binary: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class InferRequest:
+    """A decoded inference request: inputs straight as numpy arrays, ready for the runtime."""
+
+    id: str | None
+    inputs: dict[str, np.ndarray]
+    outputs: tuple[RequestedOutput, ...] | None = None
+    binary_outputs: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class InferResult:
+    """What one variant answered, and how it was chosen (CONTRACT §2 response headers)."""
+
+    model: str
+    variant: str
+    role: str
+    revision: int
+    outputs: dict[str, np.ndarray]
+    specs: dict[str, TensorSpec]

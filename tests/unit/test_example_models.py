@@ -1,0 +1,139 @@
+"""Tests for ``models/make_models.py`` and the committed example model repository."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+pytest.importorskip("skl2onnx")
+sklearn_datasets = pytest.importorskip("sklearn.datasets")
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+MODELS_DIR = REPO_ROOT / "models"
+SCRIPT_PATH = MODELS_DIR / "make_models.py"
+
+IRIS_VERSIONS = (1, 2, 3)
+ALL_MODELS = (("iris", 1), ("iris", 2), ("iris", 3), ("mlp", 1))
+MLP_ROWS = 32
+MLP_FEATURES = 64
+
+FloatArray = npt.NDArray[np.float32]
+
+
+def _load_script() -> ModuleType:
+    """Import ``models/make_models.py`` by file path."""
+    spec = importlib.util.spec_from_file_location("make_models", SCRIPT_PATH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _session(path: pathlib.Path) -> Any:
+    """Open an onnxruntime CPU session for ``path``."""
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _run(path: pathlib.Path, data: FloatArray) -> dict[str, np.ndarray]:
+    """Run the model at ``path`` on ``data`` and return its outputs by name."""
+    sess = _session(path)
+    names = [out.name for out in sess.get_outputs()]
+    results = sess.run(names, {sess.get_inputs()[0].name: data})
+    return dict(zip(names, results, strict=True))
+
+
+def _model_file(root: pathlib.Path, name: str, version: int) -> pathlib.Path:
+    """Return ``<root>/<name>/<version>/model.onnx``."""
+    return root / name / str(version) / "model.onnx"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path, list[pathlib.Path]]:
+    """Run ``build_all`` once into a fresh temporary repository; return (root, written)."""
+    out = tmp_path_factory.mktemp("model_repo")
+    written: list[pathlib.Path] = _load_script().build_all(out)
+    return out, written
+
+
+@pytest.fixture(scope="module")
+def fresh_repo(built: tuple[pathlib.Path, list[pathlib.Path]]) -> pathlib.Path:
+    """Return the root of the freshly built model repository."""
+    return built[0]
+
+
+@pytest.fixture(scope="module")
+def iris() -> tuple[FloatArray, np.ndarray]:
+    """Return the 150 iris rows (float32) and their labels."""
+    bunch = sklearn_datasets.load_iris()
+    return bunch.data.astype(np.float32), bunch.target.astype(np.int64)
+
+
+def test_build_all_writes_expected_files(built: tuple[pathlib.Path, list[pathlib.Path]]) -> None:
+    """build_all(tmp_path) writes and returns exactly the four Triton-style model files."""
+    root, written = built
+    expected = {_model_file(root, n, v) for n, v in ALL_MODELS}
+    assert len(written) == len(expected)
+    assert set(written) == expected
+    assert all(path.is_file() and path.stat().st_size > 0 for path in written)
+
+
+@pytest.mark.parametrize("version", IRIS_VERSIONS)
+def test_iris_fresh_matches_committed(
+    fresh_repo: pathlib.Path, iris: tuple[FloatArray, np.ndarray], version: int
+) -> None:
+    """Fresh and committed iris models agree on labels and probabilities for all rows."""
+    features, _ = iris
+    fresh = _run(_model_file(fresh_repo, "iris", version), features)
+    committed = _run(_model_file(MODELS_DIR, "iris", version), features)
+    np.testing.assert_array_equal(fresh["label"], committed["label"])
+    np.testing.assert_allclose(fresh["probabilities"], committed["probabilities"], atol=1e-5)
+
+
+def test_mlp_fresh_matches_committed(fresh_repo: pathlib.Path) -> None:
+    """Fresh and committed mlp models give the same scores on 32 fixed random rows."""
+    rows = np.random.default_rng(1234).standard_normal((MLP_ROWS, MLP_FEATURES))
+    data = rows.astype(np.float32)
+    fresh = _run(_model_file(fresh_repo, "mlp", 1), data)
+    committed = _run(_model_file(MODELS_DIR, "mlp", 1), data)
+    assert fresh["scores"].shape == (MLP_ROWS, 10)
+    np.testing.assert_allclose(fresh["scores"], committed["scores"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("version", IRIS_VERSIONS)
+def test_iris_committed_accuracy(iris: tuple[FloatArray, np.ndarray], version: int) -> None:
+    """Each committed iris model reaches >= 0.9 accuracy with row-normalized probabilities."""
+    features, labels = iris
+    out = _run(_model_file(MODELS_DIR, "iris", version), features)
+    assert float(np.mean(out["label"] == labels)) >= 0.9
+    np.testing.assert_allclose(out["probabilities"].sum(axis=1), 1.0, atol=1e-4)
+    np.testing.assert_array_equal(out["label"], out["probabilities"].argmax(axis=1))
+
+
+@pytest.mark.parametrize("version", IRIS_VERSIONS)
+def test_iris_committed_signature(version: int) -> None:
+    """Committed iris models declare input/label/probabilities names, dtypes and shapes."""
+    sess = _session(_model_file(MODELS_DIR, "iris", version))
+    inputs = [(i.name, i.type, i.shape) for i in sess.get_inputs()]
+    outputs = [(o.name, o.type, o.shape) for o in sess.get_outputs()]
+    assert inputs == [("input", "tensor(float)", [None, 4])]
+    assert outputs == [
+        ("label", "tensor(int64)", [None]),
+        ("probabilities", "tensor(float)", [None, 3]),
+    ]
+
+
+def test_mlp_committed_signature() -> None:
+    """The committed mlp model declares input[batch,64] FP32 and scores[batch,10] FP32."""
+    sess = _session(_model_file(MODELS_DIR, "mlp", 1))
+    inputs = [(i.name, i.type, i.shape) for i in sess.get_inputs()]
+    outputs = [(o.name, o.type, o.shape) for o in sess.get_outputs()]
+    assert inputs == [("input", "tensor(float)", ["batch", MLP_FEATURES])]
+    assert outputs == [("scores", "tensor(float)", ["batch", 10])]
