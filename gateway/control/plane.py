@@ -167,6 +167,7 @@ class ControlPlane:
         return new
 
     def _check_variant(self, model: str, variant: str) -> None:
+        self.table.get(model)  # NotFound for an unknown model first
         known = self._variants(model)
         if variant not in known:
             raise NotFound(

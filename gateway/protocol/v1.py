@@ -35,7 +35,9 @@ def encode_response(result: InferResult) -> bytes:
         predictions: Any = outputs[0][1]
     else:
         rows = len(outputs[0][1])
-        predictions = [{name: array[row].tolist() for name, array in outputs} for row in range(rows)]
+        predictions = [
+            {name: array[row].tolist() for name, array in outputs} for row in range(rows)
+        ]
     return orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY)
 
 

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnxruntime as ort
-from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
 
 from gateway.errors import BadRequest, InferenceTimeout
 from gateway.runtime.session import ModelSession
@@ -46,9 +46,15 @@ class Runner:
                 f"inference of model {session.model!r} variant {session.variant!r} took longer "
                 f"than the request timeout of {timeout} s"
             ) from None
-        except InvalidArgument as exc:
-            raise BadRequest(f"the model refused the inputs: {exc}") from None
+        except (InvalidArgument, Fail) as exc:
+            # The inputs matched the model's declared metadata but not what its nodes accept
+            # (data-dependent shapes): the request's fault, as in Triton, not the server's.
+            raise BadRequest(f"the model failed on these inputs: {_first_line(exc)}") from None
 
     def close(self) -> None:
         """Stop accepting runs and wait for the ones in flight."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0]

@@ -1,0 +1,188 @@
+"""Test helpers: polling, request bodies, test-only ONNX models, redis-server and gateway processes."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "models"
+IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
+IRIS_LABELS = [0, 2, 1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02) -> Any:
+    """Poll `check` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+        except (httpx.HTTPError, OSError):
+            result = None
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+def iris_body(rows: list[list[float]] | None = None) -> dict[str, Any]:
+    rows = rows or IRIS_ROWS[:1]
+    return {
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [len(rows), 4], "data": rows}]
+    }
+
+
+# --- test-only models -------------------------------------------------------------------------
+
+
+def _save(graph: onnx.GraphProto, path: Path) -> None:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
+def make_slow_model(path: Path, rows: int = 2000, width: int = 512, layers: int = 8) -> None:
+    """Iris-shaped input; expands it to a big matrix and multiplies it `layers` times (slow)."""
+    weight = numpy_helper.from_array(np.eye(width, dtype=np.float32) * np.float32(0.5), name="w")
+    shape = numpy_helper.from_array(np.array([rows, width], dtype=np.int64), name="shape")
+    nodes = [
+        helper.make_node("ReduceMean", ["input"], ["mean"], keepdims=1),
+        helper.make_node("Expand", ["mean", "shape"], ["h0"]),
+    ]
+    for i in range(layers):
+        nodes.append(helper.make_node("MatMul", [f"h{i}", "w"], [f"h{i + 1}"]))
+    nodes.append(helper.make_node("ReduceSum", [f"h{layers}"], ["scores"], keepdims=0))
+    graph = helper.make_graph(
+        nodes, "slow",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [])],
+        [weight, shape],
+    )  # fmt: skip
+    _save(graph, path)
+
+
+def make_failing_model(path: Path) -> None:
+    """Iris-shaped input that only runs for a batch of one: any larger batch raises."""
+    shape = numpy_helper.from_array(np.array([1, 4], dtype=np.int64), name="shape")
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["input", "shape"], ["probabilities"])], "failing",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [1, 4])],
+        [shape],
+    )  # fmt: skip
+    _save(graph, path)
+
+
+def base_config(repo: Path, data_dir: Path) -> dict[str, Any]:
+    return {
+        "model_repository": str(repo),
+        "data_dir": str(data_dir),
+        "request_timeout_s": 5.0,
+        "models": {
+            "iris": {
+                "variants": {
+                    "blue": {"path": "iris/1/model.onnx"},
+                    "green": {"path": "iris/2/model.onnx"},
+                    "mlp": {"path": "iris/3/model.onnx"},
+                    "slow": {"path": "iris/slow/model.onnx"},
+                    "failing": {"path": "iris/failing/model.onnx"},
+                },
+                "routing": {"live": "blue", "sticky_header": "x-user-id"},
+            },
+            "mlp": {"variants": {"v1": {"path": "mlp/1/model.onnx"}}, "routing": {"live": "v1"}},
+        },
+    }
+
+
+class RedisServer:
+    """A throwaway redis-server on a free port, stopped by PID."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed; tests/run.sh installs it")
+        self._directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self._directory)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_until(self.ping, timeout=10)
+
+    def ping(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+class GatewayProcess:
+    """`gateway serve` as a real process on a free port."""
+
+    def __init__(self, config: Path, workers: int, env: dict[str, str], log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = log
+        command = [sys.executable, "-m", "gateway", "serve", "--config", str(config),
+                   "--port", str(self.port), "--workers", str(workers)]  # fmt: skip
+        self.process = subprocess.Popen(
+            command,
+            env={**os.environ, **env},
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        def ready() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"gateway exited early:\n{self.output()}")
+            return httpx.get(f"{self.url}/v2/health/ready", timeout=2).status_code == 200
+
+        wait_until(ready, timeout=timeout, interval=0.1)
+
+    def output(self) -> str:
+        return self._log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+ADMIN = {"Authorization": "Bearer secret"}

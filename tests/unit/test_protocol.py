@@ -1,0 +1,313 @@
+"""Decoding and encoding of Open Inference Protocol v2 and KServe v1 bodies."""
+
+import math
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from gateway.errors import BadRequest
+from gateway.protocol import v1, v2
+from gateway.types import (
+    DATATYPE_OF,
+    DATATYPES,
+    InferRequest,
+    InferResult,
+    RequestedOutput,
+    TensorSpec,
+)
+
+NUMERIC = ["BOOL", "INT8", "INT32", "INT64", "UINT8", "FP32", "FP64"]
+shapes = hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=5)
+
+
+def arrays_of(datatype: str) -> st.SearchStrategy[np.ndarray]:
+    return hnp.arrays(
+        DATATYPES[datatype],
+        shapes,
+        elements={"allow_nan": False, "allow_infinity": False}
+        if datatype.startswith("FP")
+        else None,
+    )
+
+
+def binary_body(
+    arrays: dict[str, np.ndarray], outputs: list[dict[str, object]] | None = None
+) -> tuple[bytes, str]:
+    document: dict[str, object] = {
+        "inputs": [
+            {"name": name, "datatype": DATATYPE_OF[a.dtype], "shape": list(a.shape),
+             "parameters": {"binary_data_size": a.nbytes}}
+            for name, a in arrays.items()
+        ]
+    }  # fmt: skip
+    if outputs is not None:
+        document["outputs"] = outputs
+    header = orjson.dumps(document)
+    return header + b"".join(a.tobytes() for a in arrays.values()), str(len(header))
+
+
+@given(st.sampled_from(NUMERIC).flatmap(arrays_of))
+def test_json_tensor_round_trip(array: np.ndarray) -> None:
+    """Any numeric tensor sent as nested JSON data comes back with its values, dtype and shape."""
+    body = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": DATATYPE_OF[array.dtype],
+                    "shape": list(array.shape),
+                    "data": array.tolist(),
+                }
+            ]
+        }
+    )
+    decoded = v2.decode_request(body).inputs["x"]
+    assert decoded.dtype == array.dtype and decoded.shape == array.shape
+    np.testing.assert_array_equal(decoded, array)
+
+
+@given(st.sampled_from(NUMERIC).flatmap(arrays_of))
+def test_flat_json_data_is_reshaped(array: np.ndarray) -> None:
+    """Flat `data` is reshaped to the declared shape, as the protocol allows."""
+    body = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": DATATYPE_OF[array.dtype],
+                    "shape": list(array.shape),
+                    "data": array.reshape(-1).tolist(),
+                }
+            ]
+        }
+    )
+    np.testing.assert_array_equal(v2.decode_request(body).inputs["x"], array)
+
+
+@given(st.sampled_from(NUMERIC).flatmap(arrays_of), st.sampled_from(NUMERIC).flatmap(arrays_of))
+def test_binary_tensors_round_trip(first: np.ndarray, second: np.ndarray) -> None:
+    """Two tensors in Triton's binary extension decode to the same arrays, in order."""
+    body, length = binary_body({"a": first, "b": second})
+    inputs = v2.decode_request(body, length).inputs
+    np.testing.assert_array_equal(inputs["a"], first)
+    np.testing.assert_array_equal(inputs["b"], second)
+    assert inputs["a"].dtype == first.dtype and inputs["b"].shape == second.shape
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"not json", "not valid JSON"),
+        (b"[1, 2]", "JSON object"),
+        (b"{}", "non-empty 'inputs'"),
+        (b'{"inputs": []}', "non-empty 'inputs'"),
+        (b'{"inputs": [{"datatype": "FP32", "shape": [1], "data": [1]}]}', "'name'"),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP99", "shape": [1], "data": [1]}]}',
+            "unsupported datatype",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "data": ["a"]}]}',
+            "unsupported datatype",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1]}]}',
+            "needs 2 values",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": "2", "data": [1, 2]}]}',
+            "shape must be",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1], "data": [1]}]}',
+            "shape must be",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": ["a", "b"]}]}',
+            "must be numbers",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [null]}]}',
+            "must be numbers",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 2], "data": [[1, 2], [3]]}]}',
+            "ragged",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "INT32", "shape": [1], "data": [1.5]}]}',
+            "cannot be sent as int32",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "INT8", "shape": [1], "data": [300]}]}',
+            "out of range",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "BOOL", "shape": [1], "data": [2]}]}',
+            "cannot be sent as bool",
+        ),
+        (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}]}', "neither 'data'"),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}, {"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]}',
+            "twice",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}], "outputs": "y"}',
+            "'outputs'",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}], "parameters": 3}',
+            "'parameters'",
+        ),
+    ],
+)
+def test_bad_json_requests_are_refused(body: bytes, message: str) -> None:
+    """Each malformed v2 body raises BadRequest with a message that says what is wrong."""
+    with pytest.raises(BadRequest, match=message):
+        v2.decode_request(body)
+
+
+@pytest.mark.parametrize(
+    ("size", "extra", "length", "message"),
+    [
+        (8, b"", None, "binary data has 8 bytes"),
+        (16, b"", None, "binary_data_size 16 overruns"),
+        (12, b"xx", None, "2 bytes of binary data follow"),
+        (12, b"", "abc", "must be an integer"),
+        (12, b"", "99999", "must be an integer"),
+    ],
+)
+def test_bad_binary_requests_are_refused(
+    size: int, extra: bytes, length: str | None, message: str
+) -> None:
+    """Binary sizes that do not add up, or a bad header length, are a clear BadRequest."""
+    tensor = np.arange(3, dtype=np.float32).tobytes()  # 12 bytes
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "FP32",
+                    "shape": [3],
+                    "parameters": {"binary_data_size": size},
+                }
+            ]
+        }
+    )
+    with pytest.raises(BadRequest, match=message):
+        v2.decode_request(header + tensor + extra, length or str(len(header)))
+
+
+def _result(**outputs: np.ndarray) -> InferResult:
+    specs = {name: TensorSpec(name, DATATYPE_OF[a.dtype], a.shape) for name, a in outputs.items()}
+    return InferResult("iris", "blue", "live", 3, outputs, specs)
+
+
+def test_json_response_has_protocol_fields() -> None:
+    """A JSON response names the model, the answering variant, the id, and every output."""
+    result = _result(
+        label=np.array([0, 2]), probabilities=np.array([[0.5, 0.5], [0.25, 0.75]], np.float32)
+    )
+    body, length = v2.encode_response(result, InferRequest("abc", {}), "abc")
+    document = orjson.loads(body)
+    assert length is None
+    assert (
+        document["model_name"] == "iris"
+        and document["model_version"] == "blue"
+        and document["id"] == "abc"
+    )
+    assert document["outputs"] == [
+        {"name": "label", "datatype": "INT64", "shape": [2], "data": [0, 2]},
+        {
+            "name": "probabilities",
+            "datatype": "FP32",
+            "shape": [2, 2],
+            "data": [0.5, 0.5, 0.25, 0.75],
+        },
+    ]
+
+
+def test_binary_outputs_follow_the_json_header() -> None:
+    """Outputs asked for as binary come after the JSON header, sized in `binary_data_size`."""
+    scores = np.array([[1.5, -2.0]], np.float32)
+    result = _result(label=np.array([1]), scores=scores)
+    request = InferRequest(
+        None, {}, outputs=(RequestedOutput("scores", binary=True), RequestedOutput("label"))
+    )
+    body, length = v2.encode_response(result, request, "r1")
+    assert length is not None
+    header = orjson.loads(body[:length])
+    assert header["outputs"][0] == {
+        "name": "scores",
+        "datatype": "FP32",
+        "shape": [1, 2],
+        "parameters": {"binary_data_size": 8},
+    }
+    assert header["outputs"][1]["data"] == [1]
+    np.testing.assert_array_equal(np.frombuffer(body[length:], np.float32).reshape(1, 2), scores)
+
+
+def test_binary_data_output_parameter_makes_every_output_binary() -> None:
+    """`parameters.binary_data_output` (tritonclient's default) turns all outputs binary."""
+    body = orjson.dumps(
+        {
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}],
+            "parameters": {"binary_data_output": True},
+        }
+    )
+    request = v2.decode_request(body)
+    _, length = v2.encode_response(_result(label=np.array([1])), request, "r")
+    assert request.binary_outputs and length is not None
+
+
+IRIS_INPUT = (TensorSpec("input", "FP32", (-1, 4)),)
+
+
+def test_v1_instances_become_one_batch() -> None:
+    """v1 instances are stacked into one batch of the model's single input, in its datatype."""
+    request = v1.decode_request(b'{"instances": [[1, 2, 3, 4], [5, 6, 7, 8]]}', IRIS_INPUT)
+    assert request.inputs["input"].dtype == np.float32 and request.inputs["input"].shape == (2, 4)
+
+
+def test_v1_predictions_per_instance() -> None:
+    """Several outputs give one object per instance; a single output gives its rows."""
+    both = orjson.loads(
+        v1.encode_response(_result(label=np.array([0, 2]), p=np.array([[0.5], [0.25]], np.float32)))
+    )
+    assert both == {"predictions": [{"label": 0, "p": [0.5]}, {"label": 2, "p": [0.25]}]}
+    one = orjson.loads(v1.encode_response(_result(scores=np.array([[1.0, 2.0]], np.float32))))
+    assert one == {"predictions": [[1.0, 2.0]]}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{", "not valid JSON"),
+        (b'{"inputs": [[1, 2, 3, 4]]}', "instances"),
+        (b'{"instances": []}', "instances"),
+        (b'{"instances": [["a", "b", "c", "d"]]}', "must be numbers"),
+        (b'{"instances": [[1, 2], [3]]}', "ragged"),
+    ],
+)
+def test_bad_v1_requests_are_refused(body: bytes, message: str) -> None:
+    """Malformed v1 bodies raise BadRequest naming the problem."""
+    with pytest.raises(BadRequest, match=message):
+        v1.decode_request(body, IRIS_INPUT)
+
+
+def test_datatype_table_covers_the_contract() -> None:
+    """FP32, FP64, INT32, INT64 and BOOL (CONTRACT §2) all have a numpy dtype and back."""
+    for name in ["FP32", "FP64", "INT32", "INT64", "BOOL"]:
+        assert DATATYPE_OF[DATATYPES[name]] == name
+    assert math.isclose(
+        float(
+            v2.decode_request(
+                b'{"inputs":[{"name":"x","datatype":"FP64","shape":[1],"data":[0.1]}]}'
+            ).inputs["x"][0]
+        ),
+        0.1,
+    )
