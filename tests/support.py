@@ -61,7 +61,7 @@ def _save(graph: onnx.GraphProto, path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def make_slow_model(path: Path, rows: int = 2000, width: int = 512, layers: int = 8) -> None:
+def make_slow_model(path: Path, rows: int = 4000, width: int = 512, layers: int = 8) -> None:
     """Iris-shaped input; expands it to a big matrix and multiplies it `layers` times (slow)."""
     weight = numpy_helper.from_array(np.eye(width, dtype=np.float32) * np.float32(0.5), name="w")
     shape = numpy_helper.from_array(np.array([rows, width], dtype=np.int64), name="shape")
@@ -156,10 +156,11 @@ class GatewayProcess:
         self._log = log
         command = [sys.executable, "-m", "gateway", "serve", "--config", str(config),
                    "--port", str(self.port), "--workers", str(workers)]  # fmt: skip
+        self._log_file = log.open("wb")
         self.process = subprocess.Popen(
             command,
             env={**os.environ, **env},
-            stdout=log.open("wb"),
+            stdout=self._log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -183,6 +184,7 @@ class GatewayProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        self._log_file.close()
 
 
 ADMIN = {"Authorization": "Bearer secret"}
