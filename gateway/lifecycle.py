@@ -67,7 +67,7 @@ class Gateway:
             timeout=settings.request_timeout_s,
         )
         self.shadow_log.start()
-        self.runner = Runner()
+        self.runner = Runner(inline_below_s=settings.inline_run_below_s)
         self.service = InferenceService(
             repository, table, self.runner, self.metrics, self.shadow_log,
             settings.request_timeout_s,

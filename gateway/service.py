@@ -4,7 +4,6 @@ The service knows nothing about HTTP. Side channels (shadow log, metrics) hang o
 called after the answer is known and never raise into the request.
 """
 
-import time
 from collections.abc import Mapping
 
 from gateway.errors import BadRequest, Unavailable
@@ -60,9 +59,7 @@ class InferenceService:
         session = self.repository.session(model, route.variant)
         session.validate(request.inputs)
         names = _output_names(session, request)
-        started = time.perf_counter()
-        outputs = await self.runner.run(session, request.inputs, names, self.timeout)
-        elapsed = time.perf_counter() - started
+        outputs, elapsed = await self.runner.run(session, request.inputs, names, self.timeout)
         self.metrics.observe_inference(model, route.variant, elapsed)
         result = InferResult(
             model, route.variant, route.role, route.revision, outputs, session.output_specs

@@ -126,6 +126,12 @@ class Settings(_Frozen):
     shadow_queue_size: int = Field(
         default=1000, gt=0, description="Shadow runs waiting at most; beyond it they are dropped."
     )
+    inline_run_below_s: float = Field(
+        default=0.0005,
+        ge=0,
+        description="Runs expected to be shorter stay on the event loop (no thread hand-off); "
+        "0 sends every run to a thread.",
+    )
     shadow_concurrency: int = Field(default=1, gt=0, description="Shadow runs in parallel.")
     access_log: bool = Field(default=False, description="Write one JSON line per request.")
     admin_token: SecretStr | None = Field(

@@ -140,11 +140,10 @@ class ShadowLog:
         started = time.perf_counter()
         error = None
         try:
-            outputs = await self._runner.run(session, job.inputs, names, self._timeout)
+            outputs, _ = await self._runner.run(session, job.inputs, names, self._timeout)
         except GatewayError as exc:
             outputs, error = {}, exc.message
-        seconds = time.perf_counter() - started
-        return self._record(job, outputs, seconds, error)
+        return self._record(job, outputs, time.perf_counter() - started, error)
 
     def _record(
         self, job: ShadowJob, outputs: dict[str, np.ndarray], seconds: float, error: str | None

@@ -1,13 +1,17 @@
-"""Reading request bodies within the configured size limit (CONTRACT §2: 413)."""
+"""Reading request bodies within a size limit (CONTRACT §2: 413), straight from ASGI messages."""
 
-from starlette.requests import Request
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
 
 from gateway.errors import BadRequest, PayloadTooLarge
 
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Headers = dict[str, str]
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing it as soon as it is known to be over `limit` bytes."""
-    declared = request.headers.get("content-length")
+
+async def read_body(receive: Receive, headers: Headers, limit: int) -> bytes:
+    """The whole body, refused as soon as it is known to be over `limit` bytes."""
+    declared = headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise BadRequest(f"Content-Length {declared!r} is not a number")
@@ -15,12 +19,17 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise _too_large(limit)
     chunks = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BadRequest("the client disconnected before sending the whole body")
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise _too_large(limit)
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _too_large(limit: int) -> PayloadTooLarge:

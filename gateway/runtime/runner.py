@@ -1,7 +1,8 @@
-"""Run sessions off the event loop on a fixed pool of threads, with a deadline."""
+"""Run sessions with a deadline, off the event loop unless the run is known to be tiny."""
 
 import asyncio
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -11,6 +12,8 @@ from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
 from gateway.errors import BadRequest, InferenceTimeout
 from gateway.runtime.session import ModelSession
 
+Outputs = dict[str, np.ndarray]
+
 
 class Runner:
     """Runs model sessions in worker threads; onnxruntime releases the GIL while it computes.
@@ -18,23 +21,28 @@ class Runner:
     The pool has one thread per core: that bounds how many runs compete for the CPU at once (each
     session uses one intra-op thread), and requests beyond it wait in the pool's queue, where
     their time counts against the request timeout.
+
+    Handing a run to a thread and back costs tens of microseconds of context switches, more than
+    a small model's whole run. So a run whose expected duration (from the variant's own past runs,
+    per row of the batch) is under `inline_below_s` runs on the event loop itself: it stalls other
+    requests for less than the hand-off would have cost them. 0 sends every run to a thread.
     """
 
-    def __init__(self, threads: int | None = None) -> None:
+    def __init__(self, threads: int | None = None, inline_below_s: float = 0.0) -> None:
         self.threads = threads or os.cpu_count() or 1
+        self.inline_below_s = inline_below_s
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="gateway-infer")
 
     async def run(
-        self,
-        session: ModelSession,
-        inputs: dict[str, np.ndarray],
-        output_names: list[str],
-        timeout: float,
-    ) -> dict[str, np.ndarray]:
-        """Run `session` in a worker thread; InferenceTimeout after `timeout` seconds."""
+        self, session: ModelSession, inputs: Outputs, output_names: list[str], timeout: float
+    ) -> tuple[Outputs, float]:
+        """The outputs and the run's own duration; InferenceTimeout after `timeout` seconds."""
+        rows = _rows(inputs)
+        if session.expected_seconds(rows) < self.inline_below_s:
+            return _timed_run(session, inputs, output_names, None, rows)
         options = ort.RunOptions()
         future = asyncio.get_running_loop().run_in_executor(
-            self._pool, session.run, inputs, output_names, options
+            self._pool, _timed_run, session, inputs, output_names, options, rows
         )
         try:
             async with asyncio.timeout(timeout):
@@ -46,14 +54,35 @@ class Runner:
                 f"inference of model {session.model!r} variant {session.variant!r} took longer "
                 f"than the request timeout of {timeout} s"
             ) from None
-        except (InvalidArgument, Fail) as exc:
-            # The inputs matched the model's declared metadata but not what its nodes accept
-            # (data-dependent shapes): the request's fault, as in Triton, not the server's.
-            raise BadRequest(f"the model failed on these inputs: {_first_line(exc)}") from None
 
     def close(self) -> None:
         """Stop accepting runs and wait for the ones in flight."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _timed_run(
+    session: ModelSession,
+    inputs: Outputs,
+    output_names: list[str],
+    options: ort.RunOptions | None,
+    rows: int,
+) -> tuple[Outputs, float]:
+    started = time.perf_counter()
+    try:
+        outputs = session.run(inputs, output_names, options)
+    except (InvalidArgument, Fail) as exc:
+        # The inputs matched the model's declared metadata but not what its nodes accept
+        # (data-dependent shapes): the request's fault, as in Triton, not the server's.
+        raise BadRequest(f"the model failed on these inputs: {_first_line(exc)}") from None
+    seconds = time.perf_counter() - started
+    session.record_run(seconds, rows)
+    return outputs, seconds
+
+
+def _rows(inputs: Outputs) -> int:
+    for array in inputs.values():
+        return int(array.shape[0]) if array.ndim else 1
+    return 1
 
 
 def _first_line(exc: Exception) -> str:

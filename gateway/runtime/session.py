@@ -1,6 +1,7 @@
 """One onnxruntime session per variant, with the input checks its own metadata allows."""
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ _ORT_TYPES = {
     ]
 }
 WARMUP_RUNS = 3
+COST_SMOOTHING = 0.1  # weight of the newest run in the running estimate of seconds per row
 
 
 def session_options() -> ort.SessionOptions:
@@ -69,6 +71,19 @@ class ModelSession:
         self.input_specs = {spec.name: spec for spec in self.inputs}
         self.output_specs = {spec.name: spec for spec in self.outputs}
         self.output_names = [spec.name for spec in self.outputs]
+        self.seconds_per_row = float("inf")  # unknown until warm-up has measured it
+
+    def expected_seconds(self, rows: int) -> float:
+        """A pessimistic guess of how long a run of `rows` rows takes, from past runs."""
+        return self.seconds_per_row * max(rows, 1)
+
+    def record_run(self, seconds: float, rows: int) -> None:
+        """Fold one run's duration into the per-row cost estimate."""
+        per_row = seconds / max(rows, 1)
+        if self.seconds_per_row == float("inf"):
+            self.seconds_per_row = per_row
+        else:
+            self.seconds_per_row += COST_SMOOTHING * (per_row - self.seconds_per_row)
 
     def validate(self, inputs: dict[str, np.ndarray]) -> None:
         """Raise BadRequest unless `inputs` has every model input with its datatype and shape."""
@@ -104,7 +119,9 @@ class ModelSession:
             for spec in self.inputs
         }
         for _ in range(WARMUP_RUNS):
+            started = time.perf_counter()
             self.run(feeds, self.output_names)
+            self.record_run(time.perf_counter() - started, 1)
 
 
 def _spec(arg: ort.NodeArg, where: str, kind: str) -> TensorSpec:

@@ -58,7 +58,7 @@ async def test_request_id_header_is_echoed_or_generated(client: httpx.AsyncClien
     )
     assert echoed.headers["x-request-id"] == "abc" and echoed.json()["id"] == "abc"
     generated = await client.post("/v2/models/iris/infer", json=iris_body())
-    assert len(generated.headers["x-request-id"]) >= 16
+    assert len(generated.headers["x-request-id"]) >= 14
     assert generated.json()["id"] == generated.headers["x-request-id"]
 
 

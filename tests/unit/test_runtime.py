@@ -1,6 +1,7 @@
 """Model sessions and the repository: loading, refusing bad models, validating inputs, running."""
 
 import asyncio
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -115,17 +116,42 @@ async def test_runner_answers_and_times_out(tmp_path: Path) -> None:
     """The runner returns outputs, and a run over the timeout raises InferenceTimeout."""
     runner = Runner(2)
     iris = ModelSession("iris", "blue", IRIS)
-    out = await runner.run(
-        iris, {"input": np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)}, ["label"], 5.0
-    )
-    assert out["label"].tolist() == [0]
+    row = {"input": np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)}
+    out, seconds = await runner.run(iris, row, ["label"], 5.0)
+    assert out["label"].tolist() == [0] and 0 < seconds < 5
     make_slow_model(tmp_path / "slow.onnx")
     slow = ModelSession("m", "slow", tmp_path / "slow.onnx")
     with pytest.raises(InferenceTimeout, match="longer than the request timeout"):
         await runner.run(slow, {"input": np.zeros((1, 4), np.float32)}, ["scores"], 0.02)
     # The terminated run frees its thread: a normal run still completes promptly afterwards.
-    out = await asyncio.wait_for(
-        runner.run(iris, {"input": np.zeros((1, 4), np.float32)}, ["label"], 5.0), 5
-    )
-    assert out["label"].shape == (1,)
+    out, _ = await asyncio.wait_for(runner.run(iris, row, ["label"], 5.0), 5)
+    assert out["label"].tolist() == [0]
+    runner.close()
+
+
+async def test_cheap_runs_stay_inline_and_slow_ones_go_to_threads(tmp_path: Path) -> None:
+    """Only variants whose measured cost is under the threshold run on the event loop thread."""
+    runner = Runner(2, inline_below_s=0.0005)
+    iris = ModelSession("iris", "blue", IRIS)
+    iris.warm_up()
+    make_slow_model(tmp_path / "slow.onnx")
+    slow = ModelSession("m", "slow", tmp_path / "slow.onnx")
+    slow.warm_up()
+    assert iris.expected_seconds(1) < 0.0005 < slow.expected_seconds(1)
+    assert iris.expected_seconds(10_000) > 0.0005  # big batches of a cheap model go to threads
+    threads: list[str] = []
+    original = ModelSession.run
+
+    def spy(self: ModelSession, *args: object) -> object:
+        threads.append(threading.current_thread().name)
+        return original(self, *args)  # type: ignore[arg-type]
+
+    ModelSession.run = spy  # type: ignore[method-assign]
+    try:
+        await runner.run(iris, {"input": np.zeros((1, 4), np.float32)}, ["label"], 5.0)
+        await runner.run(slow, {"input": np.zeros((1, 4), np.float32)}, ["scores"], 5.0)
+    finally:
+        ModelSession.run = original  # type: ignore[method-assign]
+    assert threads[0] == threading.current_thread().name
+    assert threads[1].startswith("gateway-infer")
     runner.close()

@@ -1,0 +1,63 @@
+"""The benchmark floor: a minimal Starlette + uvicorn + orjson app serving the same `mlp` model.
+
+It speaks the same OIP v2 JSON body as the gateway for one FP32 input, calls onnxruntime inline on
+the event loop (no thread hand-off, no validation, no routing, no metrics), and answers the same
+response shape. Whatever the gateway costs beyond this is the price of its features.
+
+    python loadtests/bench/floor.py --port 8001 [--model models/mlp/1/model.onnx]
+"""
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def build(model: Path) -> Starlette:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    output_name = session.get_outputs()[0].name
+
+    async def infer(request: Request) -> Response:
+        document = orjson.loads(await request.body())
+        tensor = document["inputs"][0]
+        array = np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
+        (scores,) = session.run([output_name], {input_name: array})
+        body = {
+            "model_name": "mlp",
+            "model_version": "1",
+            "outputs": [
+                {"name": output_name, "datatype": "FP32", "shape": list(scores.shape),
+                 "data": scores.reshape(-1)}
+            ],
+        }  # fmt: skip
+        return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+                        media_type="application/json")  # fmt: skip
+
+    return Starlette(routes=[Route("/v2/models/mlp/infer", infer, methods=["POST"])])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "mlp" / "1" / "model.onnx")
+    args = parser.parse_args()
+    uvicorn.run(build(args.model), host=args.host, port=args.port, log_level="warning",
+                access_log=False)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,15 @@
+-- wrk script: POST one OIP v2 inference request for the `mlp` model (batch 1, 64 FP32 values).
+local values = {}
+for i = 1, 64 do values[i] = string.format("%.3f", (i % 7) / 7) end
+wrk.method = "POST"
+wrk.path = os.getenv("BENCH_PATH") or "/v2/models/mlp/infer"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"inputs":[{"name":"input","datatype":"FP32","shape":[1,64],"data":['
+  .. table.concat(values, ",") .. ']}]}'
+
+function done(summary, latency, requests)
+  io.write(string.format("RESULT requests=%d errors=%d duration_us=%d p50_us=%d p99_us=%d\n",
+    summary.requests, summary.errors.status + summary.errors.connect + summary.errors.read
+      + summary.errors.write + summary.errors.timeout,
+    summary.duration, latency:percentile(50), latency:percentile(99)))
+end
