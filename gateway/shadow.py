@@ -69,8 +69,9 @@ def _close(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and bool(np.allclose(a, b, rtol=1e-4, atol=1e-5))
 
 
-def _json(outputs: Mapping[str, np.ndarray]) -> str:
-    return orjson.dumps(dict(outputs), option=orjson.OPT_SERIALIZE_NUMPY).decode()
+def _json(tensors: Mapping[str, np.ndarray]) -> str:
+    # tolist() rather than orjson's numpy support, which refuses 0-d arrays and some int types.
+    return orjson.dumps({name: array.tolist() for name, array in tensors.items()}).decode()
 
 
 class ShadowLog:
@@ -136,7 +137,9 @@ class ShadowLog:
 
     async def _run(self, job: ShadowJob) -> Record:
         session = self.repository.session(job.model, job.variant)
+        # Compare like with like; a shadow with none of live's outputs is logged whole.
         names = [name for name in job.live.outputs if name in session.output_specs]
+        names = names or session.output_names
         started = time.perf_counter()
         error = None
         try:

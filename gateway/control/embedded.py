@@ -27,10 +27,10 @@ class EmbeddedStore:
     async def history(self, model: str) -> list[HistoryEntry]:
         return await asyncio.to_thread(self._read, model)
 
-    async def append(self, model: str, entry: HistoryEntry) -> None:
+    async def append(self, model: str, entry: HistoryEntry, expected: int) -> None:
         async with self._lock:
             history = await self.history(model)
-            if entry.revision != len(history) + 1:
+            if (history[-1].revision if history else 0) != expected:
                 raise Conflict(f"routing of {model!r} changed meanwhile; try again")
             await asyncio.to_thread(self._write, model, [*history, entry])
 

@@ -62,11 +62,11 @@ class ControlPlane:
         entry = await self.store.current(model)
         if entry is None:
             entry = HistoryEntry.new("init", initial.at(1))
-            await self.store.append(model, entry)
+            await self.store.append(model, entry, expected=0)
         elif not self._valid(model, entry.state):
             log.warning("stored routing of %s names removed variants; using the config", model)
             entry = HistoryEntry.new("config", initial.at(entry.revision + 1))
-            await self.store.append(model, entry)
+            await self.store.append(model, entry, expected=entry.revision - 1)
         self.install(model, entry.state)
 
     def install(self, model: str, state: RoutingState) -> None:
@@ -141,27 +141,27 @@ class ControlPlane:
 
     async def rollback(self, model: str, to_revision: int | None = None) -> RoutingState:
         """Restore the state of revision current-1 (or `to_revision`) as a new revision."""
-        history = await self.history(model)
-        current = history[-1].revision
+        history = {entry.revision: entry.state for entry in await self.history(model)}
+        current = max(history, default=0)
         target = current - 1 if to_revision is None else to_revision
-        if to_revision is None and target < 1:
+        if to_revision is None and target not in history:
             raise Conflict(f"model {model!r} has no earlier revision to roll back to")
-        if not 1 <= target <= current:
-            raise NotFound(f"model {model!r} has no revision {target} (revisions 1..{current})")
+        if target not in history:
+            raise NotFound(f"model {model!r} has no revision {target} (kept: {sorted(history)})")
         if target == current:
             raise Conflict(f"revision {target} is the current revision already")
-        restored = history[target - 1].state
+        restored = history[target]
         if not self._valid(model, restored):
             raise Conflict(f"revision {target} names variants that are no longer loaded")
         return await self._change(model, f"rollback {target}", lambda state: restored)
 
     async def _change(self, model: str, action: str, change: Change) -> RoutingState:
-        self.table.get(model)  # NotFound for unknown models before touching the store
+        local = self.table.get(model)  # NotFound for unknown models before touching the store
         entry = await self.store.current(model)
-        if entry is None:
-            raise NotFound(f"model {model!r} has no routing state")
-        new = change(entry.state).at(entry.revision + 1)
-        await self.store.append(model, HistoryEntry.new(action, new))
+        # A store that lost its data (a Redis without persistence) continues from what we serve.
+        base, expected = (entry.state, entry.revision) if entry else (local, 0)
+        new = change(base).at(max(base.revision, local.revision) + 1)
+        await self.store.append(model, HistoryEntry.new(action, new), expected)
         self.install(model, new)
         log.info("routing of %s is now revision %d: %s", model, new.revision, action)
         return new

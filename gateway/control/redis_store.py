@@ -1,10 +1,11 @@
 """Routing history in Redis, shared by every worker and replica, with changes pushed by pub/sub.
 
 Keys (internal, not part of the contract): `gateway:routing:{model}` is a list of JSON history
-entries, oldest first, so a model's revision is the list's length. Changes are appended by a Lua
-script that checks the expected revision and publishes the model's name on `gateway:routing`, so
-the write and the notification are one atomic step. Watchers also re-read every model once a
-second without messages, as a safety net for a missed notification or a reconnect.
+entries, oldest first; the last one is current. Changes are appended by a Lua script that checks
+the current revision is still the one the change was computed from and publishes the model's
+name on `gateway:routing`, so the write and the notification are one atomic step. Watchers also
+re-read every model after a second without messages, as a safety net for a missed notification
+or a reconnect.
 """
 
 import asyncio
@@ -27,7 +28,10 @@ SAFETY_NET_S = 1.0
 RECONNECT_S = 0.5
 
 _APPEND = """
-if redis.call('LLEN', KEYS[1]) + 1 ~= tonumber(ARGV[1]) then return 0 end
+local last = redis.call('LINDEX', KEYS[1], -1)
+local current = 0
+if last then current = cjson.decode(last)['revision'] end
+if current ~= tonumber(ARGV[1]) then return 0 end
 redis.call('RPUSH', KEYS[1], ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
@@ -49,9 +53,9 @@ class RedisStore:
         raw = await self._call(self._client.lrange(HISTORY_KEY.format(model=model), 0, -1))
         return [HistoryEntry.from_dict(orjson.loads(item)) for item in raw]
 
-    async def append(self, model: str, entry: HistoryEntry) -> None:
+    async def append(self, model: str, entry: HistoryEntry, expected: int) -> None:
         args: list[int | bytes | str] = [
-            entry.revision,
+            expected,
             orjson.dumps(entry.to_dict()),
             CHANNEL,
             model,

@@ -44,14 +44,15 @@ class HistoryEntry:
 
 
 class RoutingStore(Protocol):
-    """Durable routing state. `append` is atomic: it fails with Conflict when `entry.revision`
-    is not exactly one more than the stored current revision (another writer got there first)."""
+    """Durable routing state. `append` is a compare-and-set: it fails with Conflict unless the
+    stored current revision is still `expected` (0: nothing stored), i.e. nobody else wrote
+    since the change was computed."""
 
     async def current(self, model: str) -> HistoryEntry | None: ...
 
     async def history(self, model: str) -> list[HistoryEntry]: ...
 
-    async def append(self, model: str, entry: HistoryEntry) -> None: ...
+    async def append(self, model: str, entry: HistoryEntry, expected: int) -> None: ...
 
     async def announce_reload(self) -> None: ...
 

@@ -104,4 +104,4 @@ async def test_stale_append_is_refused(tmp_path: Path) -> None:
     await control.flip("iris", "green")
     entry = (await other.history("iris"))[0]
     with pytest.raises(Conflict, match="changed meanwhile"):
-        await other.store.append("iris", entry)
+        await other.store.append("iris", entry, expected=1)

