@@ -214,7 +214,11 @@ async def test_reload_adds_variants_and_refuses_bad_configs(
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers() | st.text(max_size=8),
+    st.none()
+    | st.booleans()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.integers()
+    | st.text(max_size=8),
     lambda children: (
         st.lists(children, max_size=3)
         | st.dictionaries(
