@@ -122,6 +122,7 @@ class RedisServer:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._directory = directory
         self.process: subprocess.Popen[bytes] | None = None
+        self.persist = False  # True: append-only file, so a restart keeps the data
 
     def start(self) -> None:
         binary = shutil.which("redis-server")
@@ -130,7 +131,8 @@ class RedisServer:
         self._directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self._directory)],
+             "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always",
+             "--dir", str(self._directory)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         wait_until(self.ping, timeout=10)

@@ -1,0 +1,83 @@
+"""The admin CLI against a real gateway: every command, its table, exit codes and refusals."""
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from support import GatewayProcess
+
+pytestmark = pytest.mark.e2e
+
+
+def cli(*args: str, token: str | None = "secret") -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "GATEWAY_ADMIN_TOKEN"}
+    if token is not None:
+        env["GATEWAY_ADMIN_TOKEN"] = token
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+def test_every_admin_command(
+    write_config: Callable[..., Path], start_gateway: Callable[..., GatewayProcess]
+) -> None:
+    """status, canary, promote, flip, shadow, rollback, history and abort work with --url after the subcommand."""
+    gateway = start_gateway(write_config())
+    url = ["--url", gateway.url]
+    status = cli("status", *url)
+    assert status.returncode == 0
+    lines = status.stdout.splitlines()
+    assert lines[0].split() == ["model", "rev", "live", "canary", "shadows", "sticky", "variants"]
+    assert lines[2].split()[:4] == ["iris", "1", "blue", "-"]
+    canary = cli("canary", "iris", "green", "0.25", *url)
+    assert canary.returncode == 0 and "green@0.25" in canary.stdout
+    assert "green@0.25" in cli("status", "iris", *url).stdout
+    promote = cli("promote", "iris", *url)
+    assert promote.returncode == 0 and promote.stdout.splitlines()[2].split()[:4] == [
+        "iris",
+        "3",
+        "green",
+        "-",
+    ]
+    assert "mlp" in cli("flip", "iris", "mlp", *url).stdout
+    shadow = cli("shadow", "iris", "blue:0.5", "green", *url)
+    assert shadow.returncode == 0 and "blue:0.5,green:1" in shadow.stdout
+    rollback = cli("rollback", "iris", *url)
+    assert rollback.returncode == 0 and rollback.stdout.splitlines()[2].split()[4] == "-"
+    to_revision = cli("rollback", "iris", "--to", "1", *url)
+    assert to_revision.returncode == 0 and to_revision.stdout.splitlines()[2].split()[:3] == [
+        "iris",
+        "7",
+        "blue",
+    ]
+    history = cli("history", "iris", *url)
+    assert [line.split()[0] for line in history.stdout.splitlines()[2:]] == [
+        str(n) for n in range(1, 8)
+    ]
+    cli("canary", "iris", "green", "0.1", *url)
+    assert cli("abort", "iris", *url).returncode == 0
+
+
+def test_refusals_exit_non_zero_with_the_gateway_message(
+    write_config: Callable[..., Path], start_gateway: Callable[..., GatewayProcess]
+) -> None:
+    """A refused change, a wrong token and an unreachable gateway exit non-zero with a message."""
+    gateway = start_gateway(write_config())
+    url = ["--url", gateway.url]
+    refused = cli("flip", "iris", "blue", *url)
+    assert refused.returncode != 0 and "409" in refused.stderr and "live already" in refused.stderr
+    unknown = cli("canary", "iris", "nope", "0.1", *url)
+    assert unknown.returncode != 0 and "no variant 'nope'" in unknown.stderr
+    wrong = cli("status", *url, token="wrong")
+    assert wrong.returncode != 0 and "401" in wrong.stderr
+    bad_sample = cli("shadow", "iris", "green:lots", *url)
+    assert bad_sample.returncode != 0 and "VARIANT:SAMPLE" in bad_sample.stderr
+    away = cli("status", "--url", "http://127.0.0.1:9")
+    assert away.returncode != 0 and "cannot reach" in away.stderr
