@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -58,9 +59,15 @@ def serve(args: argparse.Namespace) -> int:
     if args.workers == 1:
         uvicorn.run(create_app(settings, repository), **options)
         return 0
+    # Workers are separate processes: they read the config path from the environment, and
+    # prometheus-client's multiprocess mode sums their metrics from a fresh directory per run.
     os.environ["GATEWAY_CONFIG"] = str(settings.config_path)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
-    uvicorn.run("gateway.http.app:app_from_env", factory=True, workers=args.workers, **options)
+    metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        uvicorn.run("gateway.http.app:app_from_env", factory=True, workers=args.workers, **options)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 
