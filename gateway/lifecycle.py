@@ -11,6 +11,7 @@ from collections.abc import Collection
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
+from gateway.access_log import AccessLog
 from gateway.control import ControlPlane, EmbeddedStore, RedisStore, RoutingStore
 from gateway.errors import ConfigError, Conflict, Unavailable
 from gateway.metrics import Metrics
@@ -44,6 +45,7 @@ class Gateway:
         self._preloaded = repository
         self._redis: aioredis.Redis | None = None
         self._reload_lock = asyncio.Lock()
+        self.access_log: AccessLog | None = None
 
     async def start(self) -> InferenceService:
         settings = self.settings
@@ -73,11 +75,16 @@ class Gateway:
             settings.request_timeout_s,
         )  # fmt: skip
         self.control.watch(self._reload_from_peer)
+        if settings.access_log:
+            self.access_log = AccessLog()
+            self.access_log.start()
         self.service.ready = True
         return self.service
 
     async def stop(self) -> None:
         self.service.ready = False
+        if self.access_log is not None:
+            self.access_log.stop()
         await self.control.stop()
         await self.shadow_log.close()
         self.runner.close()

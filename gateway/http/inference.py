@@ -73,6 +73,9 @@ class InferenceEndpoint:
         if route is not None and service is not None:
             elapsed = time.perf_counter() - started
             service.metrics.observe_request(model, route.variant, route.role, status, elapsed)
+            access_log = state.gateway.access_log
+            if access_log is not None:
+                access_log.record(request_id, model, route.variant, route.role, status, elapsed)
 
     async def _answer(
         self, service: InferenceService, model: str, route: Route, body: bytes, headers: Headers

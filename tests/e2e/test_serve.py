@@ -1,5 +1,6 @@
 """`gateway serve` as a real process: HTTP clients, tritonclient, config errors, concurrency."""
 
+import json
 import subprocess
 import sys
 import threading
@@ -208,3 +209,34 @@ def test_bundled_config_serves(
         },
     )
     assert mlp.status_code == 200 and mlp.json()["outputs"][0]["shape"] == [2, 10]
+
+
+def test_access_log_lines(
+    write_config: Callable[..., Path], start_gateway: Callable[..., GatewayProcess]
+) -> None:
+    """With access_log: true each inference writes one JSON line with id, model, variant, role, status, duration."""
+    gateway = start_gateway(write_config(access_log=True))
+    httpx.post(
+        f"{gateway.url}/v2/models/iris/infer", json=iris_body(), headers={"x-request-id": "log-me"}
+    )
+    httpx.post(
+        f"{gateway.url}/v2/models/iris/versions/green/infer",
+        content=b"{",
+        headers={"x-request-id": "bad-one"},
+    )
+
+    def lines() -> list[dict[str, object]]:
+        found = [json.loads(line) for line in gateway.output().splitlines() if line.startswith("{")]
+        return found if len(found) >= 2 else []
+
+    good, bad = wait_until(lines)
+    assert good["request_id"] == "log-me" and good["model"] == "iris" and good["variant"] == "blue"
+    assert good["role"] == "live" and good["status"] == 200 and good["duration_ms"] > 0
+    assert bad["request_id"] == "bad-one" and bad["role"] == "direct" and bad["status"] == 400
+
+
+def test_no_access_log_by_default(gateway: GatewayProcess) -> None:
+    """Without access_log the gateway writes no per-request lines."""
+    for _ in range(5):
+        httpx.post(f"{gateway.url}/v2/models/iris/infer", json=iris_body())
+    assert not [line for line in gateway.output().splitlines() if line.startswith("{")]
