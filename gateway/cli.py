@@ -1,11 +1,13 @@
 """`gateway` command line: serve, and every admin operation (CONTRACT §4)."""
 
 import argparse
+import copy
 import os
 import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
+from typing import Any
 
 from gateway.admin_client import ADMIN_COMMANDS, run_admin_command
 from gateway.errors import ConfigError
@@ -55,6 +57,7 @@ def serve(args: argparse.Namespace) -> int:
         "log_level": args.log_level,
         "access_log": False,  # our own access log is in the app (settings.access_log)
         "timeout_graceful_shutdown": 10,
+        "log_config": _log_config(args.log_level),
     }
     if args.workers == 1:
         uvicorn.run(create_app(settings, repository), **options)
@@ -90,3 +93,12 @@ def _preload(settings: Settings, workers: int) -> ModelRepository | None:
     """
     repository = load_repository(settings)
     return repository if workers == 1 else None
+
+
+def _log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging config, with the gateway's own loggers on its default handler."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["gateway"] = {"handlers": ["default"], "level": level.upper()}
+    return config

@@ -91,7 +91,7 @@ class Gateway:
         if self._redis is not None:
             await self._redis.aclose()
 
-    async def reload(self) -> list[str]:
+    async def reload(self, announce: bool = True) -> list[str]:
         """Re-read the config file, load new or changed variants, then switch to them.
 
         Sessions are loaded and warmed before anything can route to them; requests keep using
@@ -113,7 +113,9 @@ class Gateway:
             self._switch(settings, repository)
             new = {m: s for m, s in _initial_states(settings).items() if m not in current}
             await self._adopt_routing(new)
-            await self.control.store.announce_reload()
+            log.info("reloaded %s: serving %s", settings.config_path, sorted(repository.models))
+            if announce:  # tell the other workers and replicas to do the same
+                await self.control.store.announce_reload()
             return sorted(repository.models)
 
     def _reread(self) -> Settings:
@@ -138,7 +140,7 @@ class Gateway:
 
     async def _reload_from_peer(self) -> None:
         try:
-            await self.reload()
+            await self.reload(announce=False)
         except Exception as exc:  # the peer that started the reload reported its own result
             log.error("reload announced by another worker failed here: %s", exc)
 

@@ -10,6 +10,7 @@ or a reconnect.
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 import orjson
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 HISTORY_KEY = "gateway:routing:{model}"
 CHANNEL = "gateway:routing"
-RELOAD_MESSAGE = "\x00reload"
+RELOAD_PREFIX = "\x00reload:"  # + the announcing process id; model names cannot start so
 SAFETY_NET_S = 1.0
 RECONNECT_S = 0.5
 
@@ -43,6 +44,7 @@ class RedisStore:
 
     def __init__(self, client: aioredis.Redis) -> None:
         self._client = client
+        self._id = os.urandom(8).hex()
         self._append = client.register_script(_APPEND)
 
     async def current(self, model: str) -> HistoryEntry | None:
@@ -65,7 +67,7 @@ class RedisStore:
             raise Conflict(f"routing of {model!r} changed meanwhile; try again")
 
     async def announce_reload(self) -> None:
-        await self._call(self._client.publish(CHANNEL, RELOAD_MESSAGE))
+        await self._call(self._client.publish(CHANNEL, RELOAD_PREFIX + self._id))
 
     async def watch(self, models: ModelNames, on_change: OnChange, on_reload: OnReload) -> None:
         """Follow changes until cancelled, reconnecting after any Redis failure."""
@@ -91,8 +93,9 @@ class RedisStore:
                     await self._sync(models, on_change)
                     continue
                 name = message["data"].decode()
-                if name == RELOAD_MESSAGE:
-                    await on_reload()
+                if name.startswith(RELOAD_PREFIX):
+                    if name != RELOAD_PREFIX + self._id:  # our own reload is done already
+                        await on_reload()
                 else:
                     await self._sync(lambda: [name], on_change)  # noqa: B023 (called at once)
 

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+import yaml
 from support import ADMIN, IRIS_ROWS, GatewayProcess, RedisServer, iris_body, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -256,3 +257,34 @@ def test_restart_keeps_routing_and_history(
         served.headers["x-gateway-variant"] == "green"
         and served.headers["x-gateway-revision"] == "4"
     )
+
+
+def test_reload_reaches_every_worker_without_failed_requests(
+    cluster: GatewayProcess, tmp_path: Path
+) -> None:
+    """A reload that adds a variant loads it in both workers while load runs; no request fails."""
+    config_path = tmp_path / "gateway.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["models"]["iris"]["variants"]["teal"] = {"path": "iris/3/model.onnx"}
+    config_path.write_text(yaml.safe_dump(config))
+    with Load(cluster.url).running() as load:
+        wait_until(lambda: len(load.results) > 20)
+        reloaded = admin(cluster, "POST", "/admin/reload")
+        assert reloaded.status_code == 200, reloaded.text
+        wait_until(lambda: cluster.output().count("reloaded ") >= 2)  # both workers, logged
+        with fresh_client(cluster.url) as client:
+            # Every worker loads the new variant: 30 answers in a row on fresh connections.
+            def all_serve_teal() -> bool:
+                return all(
+                    client.post("/v2/models/iris/versions/teal/infer", json=iris_body()).status_code
+                    == 200
+                    for _ in range(30)
+                )
+
+            wait_until(all_serve_teal, timeout=10)
+        flipped = admin(cluster, "POST", "/admin/models/iris/flip", {"to": "teal"})
+        assert flipped.status_code == 200
+        revision = flipped.json()["revision"]
+        wait_until(lambda: all(r[2] == revision for r in load.results[-30:]))
+    assert load.failures() == []
+    assert cluster.output().count("reloaded ") == 2  # once per worker, no echo between them
