@@ -36,10 +36,13 @@ class InferenceService:
         self.timeout = timeout
         self.ready = False
 
-    def route(self, model: str, headers: Mapping[str, str]) -> Route:
-        """Choose the variant for a routed request (live or canary)."""
+    def route(self, model: str, headers: Mapping[bytes, bytes]) -> Route:
+        """Choose the variant for a routed request (live or canary); `headers` as in ASGI."""
         state = self.table.get(model)
-        sticky = headers.get(state.sticky_header) if state.sticky_header else None
+        sticky = None
+        if state.sticky_header is not None:
+            value = headers.get(state.sticky_header.encode("latin-1"))
+            sticky = None if value is None else value.decode("latin-1")
         return choose_variant(model, state, sticky)
 
     def direct(self, model: str, variant: str) -> Route:

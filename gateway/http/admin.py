@@ -64,7 +64,7 @@ def _control(request: Request) -> ControlPlane:
 
 
 async def _parse(request: Request, adapter: Any, optional: bool = False) -> Any:
-    raw = await read_body(request.receive, dict(request.headers), ADMIN_BODY_LIMIT)
+    raw = await read_body(request.receive, dict(request.scope["headers"]), ADMIN_BODY_LIMIT)
     if optional and not raw.strip():
         raw = b"{}"
     try:

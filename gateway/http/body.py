@@ -6,15 +6,15 @@ from typing import Any
 from gateway.errors import BadRequest, PayloadTooLarge
 
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Headers = dict[str, str]
+Headers = dict[bytes, bytes]  # raw ASGI header names (lower case) and values
 
 
 async def read_body(receive: Receive, headers: Headers, limit: int) -> bytes:
     """The whole body, refused as soon as it is known to be over `limit` bytes."""
-    declared = headers.get("content-length")
+    declared = headers.get(b"content-length")
     if declared is not None:
         if not declared.isdigit():
-            raise BadRequest(f"Content-Length {declared!r} is not a number")
+            raise BadRequest(f"Content-Length {declared.decode('latin-1')!r} is not a number")
         if int(declared) > limit:
             raise _too_large(limit)
     chunks = []

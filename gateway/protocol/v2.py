@@ -15,7 +15,6 @@ from gateway.errors import BadRequest
 from gateway.protocol.tensors import check_shape, dtype_of, from_bytes, from_json
 from gateway.types import InferRequest, InferResult, RequestedOutput
 
-HEADER_LENGTH = "inference-header-content-length"
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 

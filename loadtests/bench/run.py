@@ -1,0 +1,300 @@
+"""Benchmark the gateway against a floor measured in the same run, with wrk.
+
+    python loadtests/bench/run.py [--duration 8] [--rounds 3] [--concurrency 1 32]
+
+The floor is `floor.py`: a minimal Starlette + uvicorn + orjson app serving the same `mlp` model
+(64-256-256-10) on the same OIP v2 body, onnxruntime called inline. Every case runs on core 0
+and wrk on core 1 (taskset), one after another, round after round, so machine noise hits all
+cases alike; each figure is the median over rounds of that case's ratio to the floor measured in
+the same round. Writes docs/benchmarks.md (table, command, machine) and docs/benchmarks.png.
+"""
+
+import argparse
+import contextlib
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+SERVER_CORE, CLIENT_CORE = "0", "1"
+RESULT = re.compile(
+    r"RESULT requests=(\d+) errors=(\d+) duration_us=(\d+) p50_us=(\d+) p99_us=(\d+)"
+)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One server set-up: the floor, or the gateway with some routing."""
+
+    name: str
+    routing: dict[str, Any] | None = None  # None: the floor app
+    workers: int = 1
+
+
+CASES = [
+    Case("floor"),
+    Case("gateway: live only", {"live": "v1"}),
+    Case("gateway: live + 5% canary", {"live": "v1", "canary": {"variant": "v2", "weight": 0.05}}),
+    Case(
+        "gateway: live + 100% shadow", {"live": "v1", "shadows": [{"variant": "v2", "sample": 1.0}]}
+    ),
+    Case("gateway: 2 workers (Redis)", {"live": "v1"}, workers=2),
+]
+
+
+@dataclass
+class Sample:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us: float  # server CPU time (user + system, all processes) per request
+    errors: int
+
+
+@dataclass
+class Results:
+    samples: dict[tuple[str, int], list[Sample]] = field(default_factory=dict)
+
+    def add(self, case: str, concurrency: int, sample: Sample) -> None:
+        self.samples.setdefault((case, concurrency), []).append(sample)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pinned(core: str, command: list[str]) -> list[str]:
+    return ["taskset", "-c", core, *command] if shutil.which("taskset") else command
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid` and all its descendants, from /proc."""
+    total, ticks = 0.0, os.sysconf("SC_CLK_TCK")
+    for child in [pid, *descendants(pid)]:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def descendants(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found += [int(entry.name), *descendants(int(entry.name))]
+    return found
+
+
+def gateway_config(directory: Path, case: Case, redis_url: str | None) -> Path:
+    mlp = str(ROOT / "models" / "mlp" / "1" / "model.onnx")
+    config = {
+        "model_repository": "/",
+        "data_dir": str(directory / "data"),
+        "redis_url": redis_url if case.workers > 1 else None,
+        # v2 is the same file under another name: the cost of routing, not of another model.
+        "models": {"mlp": {"variants": {"v1": {"path": mlp}, "v2": {"path": mlp}},
+                           "routing": case.routing}},
+    }  # fmt: skip
+    path = directory / f"gateway-{abs(hash(case.name))}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@contextlib.contextmanager
+def server(case: Case, directory: Path, redis_url: str | None) -> Iterator[tuple[str, int]]:
+    port = free_port()
+    if case.routing is None:
+        command = [sys.executable, str(HERE / "floor.py"), "--port", str(port)]
+        ready = f"http://127.0.0.1:{port}/v2/models/mlp/infer"
+    else:
+        config = gateway_config(directory, case, redis_url)
+        command = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port",
+                   str(port), "--workers", str(case.workers), "--log-level", "warning"]  # fmt: skip
+        ready = f"http://127.0.0.1:{port}/v2/health/ready"
+    process = subprocess.Popen(pinned(SERVER_CORE, command), start_new_session=True)
+    try:
+        wait_ready(ready, process)
+        yield f"http://127.0.0.1:{port}", process.pid
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    body = (HERE / "body.json").read_bytes()
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server exited with {process.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if url.endswith("/infer"):
+                if httpx.post(url, content=body).status_code == 200:
+                    return
+            elif httpx.get(url).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"server at {url} not ready in 60 s")
+
+
+def wrk(url: str, concurrency: int, seconds: int) -> tuple[int, int, float, float, float]:
+    command = pinned(CLIENT_CORE, ["wrk", "-t1", f"-c{concurrency}", f"-d{int(seconds)}s",
+                                   "-s", str(HERE / "infer.lua"), url])  # fmt: skip
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    match = RESULT.search(output)
+    if match is None:
+        raise SystemExit(f"wrk printed no result:\n{output}")
+    requests, errors, duration_us, p50_us, p99_us = map(int, match.groups())
+    return requests, errors, duration_us / 1e6, p50_us / 1000, p99_us / 1000
+
+
+def measure(url: str, pid: int, concurrency: int, seconds: int) -> Sample:
+    wrk(url, concurrency, 1)  # warm up connections, caches and the inline-cost estimate
+    before = cpu_seconds(pid)
+    requests, errors, duration, p50, p99 = wrk(url, concurrency, seconds)
+    cpu = cpu_seconds(pid) - before
+    return Sample(requests / duration, p50, p99, cpu / max(requests, 1) * 1e6, errors)
+
+
+@contextlib.contextmanager
+def redis_server(directory: Path) -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen(
+        pinned(SERVER_CORE, ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no", "--dir", str(directory)]),
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.kill()
+        process.wait()
+
+
+def run(args: argparse.Namespace) -> Results:
+    results = Results()
+    with tempfile.TemporaryDirectory() as temp, redis_server(Path(temp)) as redis_url:
+        for round_number in range(1, args.rounds + 1):
+            for case in CASES:
+                with server(case, Path(temp), redis_url) as (url, pid):
+                    for concurrency in args.concurrency:
+                        sample = measure(url, pid, concurrency, args.duration)
+                        results.add(case.name, concurrency, sample)
+                        print(f"round {round_number} {case.name:32s} c={concurrency:<3d} "
+                              f"{sample.rps:8.0f} req/s  p50 {sample.p50_ms:6.3f} ms  "
+                              f"p99 {sample.p99_ms:6.3f} ms  cpu {sample.cpu_us:6.0f} us/req  "
+                              f"errors {sample.errors}", flush=True)  # fmt: skip
+    return results
+
+
+def ratios(results: Results, case: str, concurrency: int) -> dict[str, float]:
+    """Median over rounds of (case / floor of the same round) for each figure."""
+    pairs = list(zip(results.samples[(case, concurrency)], results.samples[("floor", concurrency)],
+                     strict=True))  # fmt: skip
+
+    def median(figure: str) -> float:
+        return statistics.median(getattr(c, figure) / getattr(f, figure) for c, f in pairs)
+
+    return {figure: median(figure) for figure in ("rps", "p50_ms", "p99_ms", "cpu_us")}
+
+
+def table(results: Results, concurrencies: list[int]) -> str:
+    lines = [
+        "| case | c | req/s | p50 ms | p99 ms | CPU µs/req | req/s ÷ floor | p50 ÷ floor "
+        "| p99 ÷ floor | CPU ÷ floor | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for concurrency in concurrencies:
+        for case in CASES:
+            runs = results.samples[(case.name, concurrency)]
+            med = {f: statistics.median(getattr(s, f) for s in runs)
+                   for f in ("rps", "p50_ms", "p99_ms", "cpu_us")}  # fmt: skip
+            r = ratios(results, case.name, concurrency)
+            errors = sum(s.errors for s in runs)
+            lines.append(
+                f"| {case.name} | {concurrency} | {med['rps']:.0f} | {med['p50_ms']:.3f} | "
+                f"{med['p99_ms']:.3f} | {med['cpu_us']:.0f} | {r['rps']:.2f} | {r['p50_ms']:.2f} | "
+                f"{r['p99_ms']:.2f} | {r['cpu_us']:.2f} | {errors} |"
+            )
+    return "\n".join(lines)
+
+
+def plot(results: Results, concurrencies: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    names = [case.name for case in CASES]
+    width = 0.8 / len(concurrencies)
+    for i, concurrency in enumerate(concurrencies):
+        x = [n + i * width for n in range(len(names))]
+        rps = [ratios(results, name, concurrency)["rps"] for name in names]
+        p50 = [ratios(results, name, concurrency)["p50_ms"] for name in names]
+        axes[0].bar(x, rps, width, label=f"c={concurrency}")
+        axes[1].bar(x, p50, width, label=f"c={concurrency}")
+    for axis, title in zip(axes, ["throughput ÷ floor (higher is better)",
+                                  "p50 latency ÷ floor (lower is better)"], strict=True):  # fmt: skip
+        axis.axhline(1.0, color="black", linewidth=0.8)
+        axis.set_xticks([n + 0.4 - width / 2 for n in range(len(names))])
+        axis.set_xticklabels([n.replace("gateway: ", "") for n in names], rotation=20, ha="right")
+        axis.set_title(title)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+               platform.processor())  # fmt: skip
+    return f"{cpu}, {os.cpu_count()} cores, Linux {platform.release()}, Python {platform.python_version()}"
+
+
+def write_report(results: Results, args: argparse.Namespace, path: Path) -> None:
+    command = "python loadtests/bench/run.py " + " ".join(sys.argv[1:])
+    text = (HERE / "report.md.in").read_text().format(
+        command=command.strip(), machine=machine(), date=time.strftime("%Y-%m-%d"),
+        rounds=args.rounds, duration=args.duration, table=table(results, args.concurrency),
+    )  # fmt: skip
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=8, help="seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--out", type=Path, default=ROOT / "docs")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install wrk")
+    results = run(args)
+    print(table(results, args.concurrency))
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot(results, args.concurrency, args.out / "benchmarks.png")
+    write_report(results, args, args.out / "benchmarks.md")
+
+
+if __name__ == "__main__":
+    main()
