@@ -10,21 +10,7 @@ import httpx
 import numpy as np
 from app.conftest import AppClient
 from prometheus_client.parser import text_string_to_metric_families
-from support import ADMIN, IRIS_LABELS, IRIS_ROWS, iris_body
-
-RECORD_FIELDS = {
-    "ts",
-    "request_id",
-    "model",
-    "live_variant",
-    "shadow_variant",
-    "revision",
-    "live_output",
-    "shadow_output",
-    "live_ms",
-    "shadow_ms",
-    "agree",
-}
+from support import ADMIN, IRIS_LABELS, IRIS_ROWS, RECORD_FIELDS, iris_body
 
 
 async def records(path: Path, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
