@@ -39,12 +39,17 @@ def build(model: Path) -> Starlette:
             "model_name": "mlp",
             "model_version": "1",
             "outputs": [
-                {"name": output_name, "datatype": "FP32", "shape": list(scores.shape),
-                 "data": scores.reshape(-1)}
+                {
+                    "name": output_name,
+                    "datatype": "FP32",
+                    "shape": list(scores.shape),
+                    "data": scores.reshape(-1),
+                }
             ],
-        }  # fmt: skip
-        return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
-                        media_type="application/json")  # fmt: skip
+        }
+        return Response(
+            orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json"
+        )
 
     return Starlette(routes=[Route("/v2/models/mlp/infer", infer, methods=["POST"])])
 
@@ -55,8 +60,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "mlp" / "1" / "model.onnx")
     args = parser.parse_args()
-    uvicorn.run(build(args.model), host=args.host, port=args.port, log_level="warning",
-                access_log=False)  # fmt: skip
+    uvicorn.run(
+        build(args.model), host=args.host, port=args.port, log_level="warning", access_log=False
+    )
 
 
 if __name__ == "__main__":

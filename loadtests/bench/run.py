@@ -112,9 +112,10 @@ def gateway_config(directory: Path, case: Case, redis_url: str | None) -> Path:
         "data_dir": str(directory / "data"),
         "redis_url": redis_url if case.workers > 1 else None,
         # v2 is the same file under another name: the cost of routing, not of another model.
-        "models": {"mlp": {"variants": {"v1": {"path": mlp}, "v2": {"path": mlp}},
-                           "routing": case.routing}},
-    }  # fmt: skip
+        "models": {
+            "mlp": {"variants": {"v1": {"path": mlp}, "v2": {"path": mlp}}, "routing": case.routing}
+        },
+    }
     path = directory / f"gateway-{abs(hash(case.name))}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -128,8 +129,20 @@ def server(case: Case, directory: Path, redis_url: str | None) -> Iterator[tuple
         ready = f"http://127.0.0.1:{port}/v2/models/mlp/infer"
     else:
         config = gateway_config(directory, case, redis_url)
-        command = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port",
-                   str(port), "--workers", str(case.workers), "--log-level", "warning"]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--config",
+            str(config),
+            "--port",
+            str(port),
+            "--workers",
+            str(case.workers),
+            "--log-level",
+            "warning",
+        ]
         ready = f"http://127.0.0.1:{port}/v2/health/ready"
     process = subprocess.Popen(pinned(SERVER_CORE, command), start_new_session=True)
     try:
@@ -157,8 +170,18 @@ def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
 
 
 def wrk(url: str, concurrency: int, seconds: int) -> tuple[int, int, float, float, float]:
-    command = pinned(CLIENT_CORE, ["wrk", "-t1", f"-c{concurrency}", f"-d{int(seconds)}s",
-                                   "-s", str(HERE / "infer.lua"), url])  # fmt: skip
+    command = pinned(
+        CLIENT_CORE,
+        [
+            "wrk",
+            "-t1",
+            f"-c{concurrency}",
+            f"-d{int(seconds)}s",
+            "-s",
+            str(HERE / "infer.lua"),
+            url,
+        ],
+    )
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     match = RESULT.search(output)
     if match is None:
@@ -179,10 +202,24 @@ def measure(url: str, pid: int, concurrency: int, seconds: int) -> Sample:
 def redis_server(directory: Path) -> Iterator[str]:
     port = free_port()
     process = subprocess.Popen(
-        pinned(SERVER_CORE, ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no", "--dir", str(directory)]),
+        pinned(
+            SERVER_CORE,
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(directory),
+            ],
+        ),
         stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     try:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
@@ -199,17 +236,25 @@ def run(args: argparse.Namespace) -> Results:
                     for concurrency in args.concurrency:
                         sample = measure(url, pid, concurrency, args.duration)
                         results.add(case.name, concurrency, sample)
-                        print(f"round {round_number} {case.name:32s} c={concurrency:<3d} "
-                              f"{sample.rps:8.0f} req/s  p50 {sample.p50_ms:6.3f} ms  "
-                              f"p99 {sample.p99_ms:6.3f} ms  cpu {sample.cpu_us:6.0f} us/req  "
-                              f"errors {sample.errors}", flush=True)  # fmt: skip
+                        print(
+                            f"round {round_number} {case.name:32s} c={concurrency:<3d} "
+                            f"{sample.rps:8.0f} req/s  p50 {sample.p50_ms:6.3f} ms  "
+                            f"p99 {sample.p99_ms:6.3f} ms  cpu {sample.cpu_us:6.0f} us/req  "
+                            f"errors {sample.errors}",
+                            flush=True,
+                        )
     return results
 
 
 def ratios(results: Results, case: str, concurrency: int) -> dict[str, float]:
     """Median over rounds of (case / floor of the same round) for each figure."""
-    pairs = list(zip(results.samples[(case, concurrency)], results.samples[("floor", concurrency)],
-                     strict=True))  # fmt: skip
+    pairs = list(
+        zip(
+            results.samples[(case, concurrency)],
+            results.samples[("floor", concurrency)],
+            strict=True,
+        )
+    )
 
     def median(figure: str) -> float:
         return statistics.median(getattr(c, figure) / getattr(f, figure) for c, f in pairs)
@@ -226,8 +271,10 @@ def table(results: Results, concurrencies: list[int]) -> str:
     for concurrency in concurrencies:
         for case in CASES:
             runs = results.samples[(case.name, concurrency)]
-            med = {f: statistics.median(getattr(s, f) for s in runs)
-                   for f in ("rps", "p50_ms", "p99_ms", "cpu_us")}  # fmt: skip
+            med = {
+                f: statistics.median(getattr(s, f) for s in runs)
+                for f in ("rps", "p50_ms", "p99_ms", "cpu_us")
+            }
             r = ratios(results, case.name, concurrency)
             errors = sum(s.errors for s in runs)
             lines.append(
@@ -253,8 +300,11 @@ def plot(results: Results, concurrencies: list[int], path: Path) -> None:
         p50 = [ratios(results, name, concurrency)["p50_ms"] for name in names]
         axes[0].bar(x, rps, width, label=f"c={concurrency}")
         axes[1].bar(x, p50, width, label=f"c={concurrency}")
-    for axis, title in zip(axes, ["throughput ÷ floor (higher is better)",
-                                  "p50 latency ÷ floor (lower is better)"], strict=True):  # fmt: skip
+    for axis, title in zip(
+        axes,
+        ["throughput ÷ floor (higher is better)", "p50 latency ÷ floor (lower is better)"],
+        strict=True,
+    ):
         axis.axhline(1.0, color="black", linewidth=0.8)
         axis.set_xticks([n + 0.4 - width / 2 for n in range(len(names))])
         axis.set_xticklabels([n.replace("gateway: ", "") for n in names], rotation=20, ha="right")
@@ -265,18 +315,32 @@ def plot(results: Results, concurrencies: list[int], path: Path) -> None:
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-               platform.processor())  # fmt: skip
-    return f"{cpu}, {os.cpu_count()} cores, Linux {platform.release()}, Python {platform.python_version()}"
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    python = platform.python_version()
+    return f"{cpu}, {os.cpu_count()} cores, Linux {platform.release()}, Python {python}"
 
 
 def write_report(results: Results, args: argparse.Namespace, path: Path) -> None:
     command = "python loadtests/bench/run.py " + " ".join(sys.argv[1:])
-    text = (HERE / "report.md.in").read_text().format(
-        command=command.strip(), machine=machine(), date=time.strftime("%Y-%m-%d"),
-        rounds=args.rounds, duration=args.duration, table=table(results, args.concurrency),
-    )  # fmt: skip
+    text = (
+        (HERE / "report.md.in")
+        .read_text()
+        .format(
+            command=command.strip(),
+            machine=machine(),
+            date=time.strftime("%Y-%m-%d"),
+            rounds=args.rounds,
+            duration=args.duration,
+            table=table(results, args.concurrency),
+        )
+    )
     path.write_text(text)
 
 

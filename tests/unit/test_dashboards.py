@@ -28,7 +28,7 @@ SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
 
 # Prometheus adds the target labels to every scraped series, and `up` is its own per target.
 TARGET_LABELS = frozenset({"job", "instance"})
-BUILTIN_METRICS = {"up": frozenset()}
+BUILTIN_METRICS: dict[str, frozenset[str]] = {"up": frozenset()}
 REQUIRED_ALERTS = {
     "GatewayCanaryErrorRateAboveLive",
     "GatewayCanaryP99AboveLive",
@@ -64,7 +64,8 @@ def known_metrics() -> dict[str, frozenset[str]]:
 # --- a PromQL scanner --------------------------------------------------------------------------
 
 STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
-GRAFANA_VARIABLE = re.compile(r"\$\{\w+(?::\w+)?\}|\$\w+")  # ${datasource}, $model, $__rate_interval
+# ${datasource}, ${model:regex}, $model, $__rate_interval
+GRAFANA_VARIABLE = re.compile(r"\$\{\w+(?::\w+)?\}|\$\w+")
 RANGE = re.compile(r"\[[^\]]*\]")  # [5m], [1h:5m]
 SELECTOR = re.compile(r"([A-Za-z_:][\w:]*)?\s*\{([^}]*)\}")
 MATCHER_LABEL = re.compile(r"([A-Za-z_]\w*)\s*(?:=~|!~|!=|=)")
@@ -152,11 +153,13 @@ def unknown_labels(expr: str) -> set[str]:
 
 
 def load_dashboard() -> dict[str, Any]:
-    return json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    dashboard: dict[str, Any] = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    return dashboard
 
 
 def load_alerts() -> dict[str, Any]:
-    return yaml.safe_load(ALERTS.read_text(encoding="utf-8"))
+    rules: dict[str, Any] = yaml.safe_load(ALERTS.read_text(encoding="utf-8"))
+    return rules
 
 
 def all_panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -211,7 +214,8 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 def chart_values() -> dict[str, Any]:
-    return yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
+    values: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
+    return values
 
 
 def scenario_values(path: Path) -> dict[str, Any]:
@@ -227,8 +231,8 @@ def test_scanner_finds_metric_names_and_skips_the_rest() -> None:
     """Functions, label names, strings, clauses, numbers, durations and variables are no metrics."""
     expr = (
         'sum by (model, le) (rate(gateway_bogus_bucket{model=~"$model", code=~"5.."}[$__rate_interval]))'
-        ' / on (model) group_left () histogram_quantile(0.99, other_metric) > bool 1.5e3'
-        ' and up offset 1h30m or sum(x:recorded) without (instance)'
+        " / on (model) group_left () histogram_quantile(0.99, other_metric) > bool 1.5e3"
+        " and up offset 1h30m or sum(x:recorded) without (instance)"
     )
     assert metric_names(expr) == {"gateway_bogus_bucket", "other_metric", "up", "x:recorded"}
 
@@ -236,7 +240,7 @@ def test_scanner_finds_metric_names_and_skips_the_rest() -> None:
 def test_scanner_reports_unknown_metrics_and_labels() -> None:
     """A misspelt metric, an unknown matcher label and an unknown grouping label are caught."""
     assert unknown_metrics("rate(gateway_request_total[5m])") == {"gateway_request_total"}
-    expr = 'sum by (model, pod) (rate(gateway_requests_total{colour="red"}[5m])) by (job)'
+    expr = 'sum by (model, pod, job) (rate(gateway_requests_total{colour="red"}[5m]))'
     assert unknown_labels(expr) == {"gateway_requests_total:pod", "gateway_requests_total:colour"}
     grouped_after = "sum(rate(gateway_inflight_requests[5m])) by (model)"
     assert unknown_labels(grouped_after) == {"gateway_inflight_requests:model"}
