@@ -75,7 +75,7 @@ def _timed_run(
         # (data-dependent shapes): the request's fault, as in Triton, not the server's.
         raise BadRequest(f"the model failed on these inputs: {_first_line(exc)}") from None
     seconds = time.perf_counter() - started
-    session.record_run(seconds, rows)
+    session.record_run(seconds, rows, exact=options is None)  # options: run in a worker thread
     return outputs, seconds
 
 

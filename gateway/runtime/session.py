@@ -77,12 +77,17 @@ class ModelSession:
         """A pessimistic guess of how long a run of `rows` rows takes, from past runs."""
         return self.seconds_per_row * max(rows, 1)
 
-    def record_run(self, seconds: float, rows: int) -> None:
-        """Fold one run's duration into the per-row cost estimate."""
+    def record_run(self, seconds: float, rows: int, exact: bool = True) -> None:
+        """Fold one run's duration into the per-row cost estimate.
+
+        A run timed in a worker thread is not `exact`: its time includes waiting for the GIL
+        after onnxruntime returns (up to the 5 ms switch interval when the event loop is busy),
+        so it may only lower the estimate, never raise it.
+        """
         per_row = seconds / max(rows, 1)
         if self.seconds_per_row == float("inf"):
             self.seconds_per_row = per_row
-        else:
+        elif exact or per_row < self.seconds_per_row:
             self.seconds_per_row += COST_SMOOTHING * (per_row - self.seconds_per_row)
 
     def validate(self, inputs: dict[str, np.ndarray]) -> None:
@@ -118,10 +123,13 @@ class ModelSession:
             spec.name: np.zeros([1 if dim < 0 else dim for dim in spec.shape], spec.dtype)
             for spec in self.inputs
         }
+        timings = []
         for _ in range(WARMUP_RUNS):
             started = time.perf_counter()
             self.run(feeds, self.output_names)
-            self.record_run(time.perf_counter() - started, 1)
+            timings.append(time.perf_counter() - started)
+        # The first run pays one-off allocations: the fastest is the best first estimate.
+        self.seconds_per_row = min(timings)
 
 
 def _spec(arg: ort.NodeArg, where: str, kind: str) -> TensorSpec:
