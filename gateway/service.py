@@ -48,42 +48,32 @@ class InferenceService:
     def direct(self, model: str, variant: str) -> Route:
         """A route straight to one variant, bypassing routing (testing a green before a flip)."""
         self.repository.session(model, variant)
-        return Route(variant, DIRECT, self.table.get(model).revision)
+        return Route(variant, DIRECT, self.table.get(model).revision)  # direct: no shadows
 
     def session(self, model: str, variant: str) -> ModelSession:
         return self.repository.session(model, variant)
 
     async def infer(
-        self, model: str, route: Route, request: InferRequest, request_id: str
+        self, session: ModelSession, route: Route, request: InferRequest, request_id: str
     ) -> InferResult:
-        """Run `request` on the variant of `route`; mirror it to sampled shadows if routed."""
+        """Run `request` on `session` (the variant of `route`); mirror it to sampled shadows."""
         if not self.ready:
             raise Unavailable("the gateway is not ready yet: models are still loading")
-        session = self.repository.session(model, route.variant)
         session.validate(request.inputs)
         names = _output_names(session, request)
         outputs, elapsed = await self.runner.run(session, request.inputs, names, self.timeout)
-        self.metrics.observe_inference(model, route.variant, elapsed)
+        self.metrics.observe_inference(session.model, route.variant, elapsed)
         result = InferResult(
-            model, route.variant, route.role, route.revision, outputs, session.output_specs
+            session.model, route.variant, route.role, route.revision, outputs, session.output_specs
         )
-        if route.role != DIRECT:
-            self._mirror(model, request, request_id, result, elapsed)
+        if route.shadows:
+            for shadow in sample_shadows(route.shadows):
+                self.shadow_log.submit(
+                    ShadowJob(
+                        session.model, shadow.variant, request_id, request.inputs, result, elapsed
+                    )
+                )
         return result
-
-    def _mirror(
-        self,
-        model: str,
-        request: InferRequest,
-        request_id: str,
-        result: InferResult,
-        live_seconds: float,
-    ) -> None:
-        state = self.table.get(model)
-        for shadow in sample_shadows(state):
-            self.shadow_log.submit(
-                ShadowJob(model, shadow.variant, request_id, request.inputs, result, live_seconds)
-            )
 
 
 def _output_names(session: ModelSession, request: InferRequest) -> list[str]:

@@ -1,6 +1,7 @@
 """Small frozen types shared by the protocol, runtime and routing layers."""
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -38,16 +39,18 @@ class TensorSpec:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
-@dataclass(frozen=True, slots=True)
-class RequestedOutput:
+# Per-request values are NamedTuples: built in C, several times cheaper than frozen dataclasses,
+# and just as immutable.
+
+
+class RequestedOutput(NamedTuple):
     """An output the client asked for, and whether it wants it as Triton binary data."""
 
     name: str
     binary: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class InferRequest:
+class InferRequest(NamedTuple):
     """A decoded inference request: inputs straight as numpy arrays, ready for the runtime."""
 
     id: str | None
@@ -56,8 +59,7 @@ class InferRequest:
     binary_outputs: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class InferResult:
+class InferResult(NamedTuple):
     """What one variant answered, and how it was chosen (CONTRACT §2 response headers)."""
 
     model: str

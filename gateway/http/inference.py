@@ -58,15 +58,14 @@ class InferenceEndpoint:
         route: Route | None = None
         try:
             service = _service(state)
-            model = scope["path_params"]["model"]
+            model: str = scope["path_params"]["model"]
             route = _route(service, model, scope["path_params"].get("variant"), headers)
             body = await read_body(receive, headers, state.settings.max_body_bytes)
-            decoded = self._decode(body, headers, service.session(model, route.variant))
+            session = service.session(model, route.variant)
+            decoded = self._decode(body, headers, session)
             request_id = request_id or decoded.id or new_request_id()
-            status, (payload, content) = (
-                200,
-                await self._answer(service, model, route, decoded, request_id),
-            )
+            payload, content = await self._answer(service, session, route, decoded, request_id)
+            status = 200
         except GatewayError as exc:
             status, payload, content = exc.status_code, orjson.dumps({"error": exc.message}), JSON
             request_id = request_id or new_request_id()
@@ -77,14 +76,14 @@ class InferenceEndpoint:
     async def _answer(
         self,
         service: InferenceService,
-        model: str,
+        session: ModelSession,
         route: Route,
         decoded: InferRequest,
         request_id: str,
     ) -> tuple[bytes, RawHeaders]:
         service.metrics.inflight.inc()
         try:
-            result = await service.infer(model, route, decoded, request_id)
+            result = await service.infer(session, route, decoded, request_id)
         finally:
             service.metrics.inflight.dec()
         payload, header_length = self._encode(result, decoded, request_id)

@@ -35,15 +35,16 @@ def decode_request(body: bytes, header_length: str | None = None) -> InferReques
     raw_inputs = document.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise BadRequest("request needs a non-empty 'inputs' list")
-    inputs, used = _decode_inputs(raw_inputs, memoryview(binary))
+    inputs, used = _decode_inputs(raw_inputs, binary)
     if used != len(binary):
         raise BadRequest(f"{len(binary) - used} bytes of binary data follow the tensors declared")
     request_id = document.get("id")
+    outputs = document.get("outputs")
     return InferRequest(
-        id=str(request_id) if request_id is not None else None,
-        inputs=inputs,
-        outputs=_decode_outputs(document.get("outputs")),
-        binary_outputs=bool(_parameters(document).get("binary_data_output", False)),
+        None if request_id is None else str(request_id),
+        inputs,
+        None if outputs is None else _decode_outputs(outputs),
+        "parameters" in document and bool(_parameters(document).get("binary_data_output")),
     )
 
 
@@ -51,21 +52,21 @@ def encode_response(
     result: InferResult, request: InferRequest, request_id: str
 ) -> tuple[bytes, int | None]:
     """The response body, and the JSON header length when binary outputs follow it."""
-    wanted = request.outputs or tuple(RequestedOutput(name) for name in result.outputs)
+    wanted = request.outputs or [(name, False) for name in result.outputs]
     outputs, chunks = [], []
-    for output in wanted:
-        array = np.ascontiguousarray(result.outputs[output.name])
+    for name, binary in wanted:
+        array = result.outputs[name]
         entry: dict[str, Any] = {
-            "name": output.name,
-            "datatype": result.specs[output.name].datatype,
-            "shape": list(array.shape),
+            "name": name,
+            "datatype": result.specs[name].datatype,
+            "shape": array.shape,
         }
-        if output.binary or request.binary_outputs:
-            raw = array.tobytes()
+        if binary or request.binary_outputs:
+            raw = array.tobytes()  # C order, whatever the array's own layout
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
-            entry["data"] = array.reshape(-1)
+            entry["data"] = np.ascontiguousarray(array).reshape(-1)
         outputs.append(entry)
     document = {
         "model_name": result.model,
@@ -94,7 +95,7 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return body[:length], body[length:]
 
 
-def _decode_inputs(raw_inputs: list[Any], binary: memoryview) -> tuple[dict[str, np.ndarray], int]:
+def _decode_inputs(raw_inputs: list[Any], binary: bytes) -> tuple[dict[str, np.ndarray], int]:
     inputs: dict[str, np.ndarray] = {}
     offset = 0
     for raw in raw_inputs:
@@ -105,11 +106,11 @@ def _decode_inputs(raw_inputs: list[Any], binary: memoryview) -> tuple[dict[str,
             raise BadRequest(f"input {name!r} is given twice")
         dtype = dtype_of(raw.get("datatype"), name)
         shape = check_shape(raw.get("shape"), name)
-        size = _parameters(raw).get("binary_data_size")
+        size = _parameters(raw).get("binary_data_size") if "parameters" in raw else None
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
                 raise BadRequest(f"input {name!r}: binary_data_size {size!r} overruns the body")
-            inputs[name] = from_bytes(bytes(binary[offset : offset + size]), dtype, shape, name)
+            inputs[name] = from_bytes(binary[offset : offset + size], dtype, shape, name)
             offset += size
         elif "data" in raw:
             inputs[name] = from_json(raw["data"], dtype, shape, name)
@@ -118,9 +119,7 @@ def _decode_inputs(raw_inputs: list[Any], binary: memoryview) -> tuple[dict[str,
     return inputs, offset
 
 
-def _decode_outputs(raw_outputs: Any) -> tuple[RequestedOutput, ...] | None:
-    if raw_outputs is None:
-        return None
+def _decode_outputs(raw_outputs: Any) -> tuple[RequestedOutput, ...]:
     if not isinstance(raw_outputs, list) or not all(
         isinstance(raw, dict) and isinstance(raw.get("name"), str) for raw in raw_outputs
     ):

@@ -2,20 +2,21 @@
 
 import hashlib
 import random
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from gateway.routing.state import RoutingState, Shadow
 
 _SCALE = float(2**64)
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
-    """The variant chosen for one request, its role (`live` or `canary`) and the revision."""
+class Route(NamedTuple):
+    """The variant chosen for one request, its role and revision, and the shadows to mirror to
+    (all from the one RoutingState the request was routed with)."""
 
     variant: str
     role: str
     revision: int
+    shadows: tuple[Shadow, ...] = ()
 
 
 def sticky_fraction(model: str, key: str) -> float:
@@ -34,16 +35,16 @@ def choose_variant(
     """Route one request: to the canary with probability `weight`, else to live."""
     canary = state.canary
     if canary is None or canary.weight <= 0.0:
-        return Route(state.live, "live", state.revision)
+        return Route(state.live, "live", state.revision, state.shadows)
     if sticky_key is not None:
         point = sticky_fraction(model, sticky_key)
     else:
         point = random.random() if draw is None else draw
     if point < canary.weight:
-        return Route(canary.variant, "canary", state.revision)
-    return Route(state.live, "live", state.revision)
+        return Route(canary.variant, "canary", state.revision, state.shadows)
+    return Route(state.live, "live", state.revision, state.shadows)
 
 
-def sample_shadows(state: RoutingState) -> list[Shadow]:
+def sample_shadows(shadows: tuple[Shadow, ...]) -> list[Shadow]:
     """The shadows that receive a copy of this request, each drawn with its own `sample`."""
-    return [shadow for shadow in state.shadows if random.random() < shadow.sample]
+    return [shadow for shadow in shadows if random.random() < shadow.sample]

@@ -93,7 +93,7 @@ def test_shadow_sampling_follows_sample() -> None:
     )
     counts = {"all": 0, "some": 0, "none": 0}
     for _ in range(N):
-        for shadow in sample_shadows(state):
+        for shadow in sample_shadows(state.shadows):
             counts[shadow.variant] += 1
     assert counts["all"] == N and counts["none"] == 0
     assert within_five_sigma(counts["some"], N, 0.3)
