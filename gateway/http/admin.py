@@ -8,7 +8,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.control import ControlPlane
 from gateway.errors import BadRequest, Forbidden, Unauthorized, Unavailable
 from gateway.http.body import read_body
 from gateway.http.responses import json_response
@@ -41,7 +40,10 @@ class RollbackBody(_Body):
     to_revision: int | None = None
 
 
+_CANARY = TypeAdapter(CanaryBody)
+_FLIP = TypeAdapter(FlipBody)
 _SHADOWS = TypeAdapter(list[ShadowBody])
+_ROLLBACK = TypeAdapter(RollbackBody)
 
 
 def _gateway(request: Request) -> Gateway:
@@ -57,10 +59,6 @@ def _gateway(request: Request) -> Gateway:
     if gateway is None or not gateway.service.ready:
         raise Unavailable("the gateway is not ready yet")
     return gateway
-
-
-def _control(request: Request) -> ControlPlane:
-    return _gateway(request).control
 
 
 async def _parse(request: Request, adapter: Any, optional: bool = False) -> Any:
@@ -86,8 +84,13 @@ def state_json(gateway: Gateway, model: str, state: RoutingState) -> dict[str, A
     }
 
 
-def _answer(request: Request, model: str, state: RoutingState) -> Response:
-    return json_response(state_json(_gateway(request), model, state))
+def _answer(gateway: Gateway, model: str, state: RoutingState) -> Response:
+    return json_response(state_json(gateway, model, state))
+
+
+def _authorized(request: Request) -> tuple[Gateway, str]:
+    """The running gateway (after the token check) and the model named in the path."""
+    return _gateway(request), request.path_params["model"]
 
 
 async def list_models(request: Request) -> Response:
@@ -97,49 +100,50 @@ async def list_models(request: Request) -> Response:
 
 
 async def get_model(request: Request) -> Response:
-    model = request.path_params["model"]
-    return _answer(request, model, _gateway(request).service.table.get(model))
+    gateway, model = _authorized(request)
+    return _answer(gateway, model, gateway.service.table.get(model))
 
 
 async def history(request: Request) -> Response:
-    model = request.path_params["model"]
-    entries = await _control(request).history(model)
+    gateway, model = _authorized(request)
+    entries = await gateway.control.history(model)
     return json_response([entry.to_dict() for entry in entries])
 
 
 async def put_canary(request: Request) -> Response:
-    model, control = request.path_params["model"], _control(request)
-    body = await _parse(request, TypeAdapter(CanaryBody))
-    return _answer(request, model, await control.set_canary(model, body.variant, body.weight))
+    gateway, model = _authorized(request)
+    body = await _parse(request, _CANARY)
+    return _answer(
+        gateway, model, await gateway.control.set_canary(model, body.variant, body.weight)
+    )
 
 
 async def delete_canary(request: Request) -> Response:
-    model = request.path_params["model"]
-    return _answer(request, model, await _control(request).abort_canary(model))
+    gateway, model = _authorized(request)
+    return _answer(gateway, model, await gateway.control.abort_canary(model))
 
 
 async def promote(request: Request) -> Response:
-    model = request.path_params["model"]
-    return _answer(request, model, await _control(request).promote(model))
+    gateway, model = _authorized(request)
+    return _answer(gateway, model, await gateway.control.promote(model))
 
 
 async def flip(request: Request) -> Response:
-    model, control = request.path_params["model"], _control(request)
-    body = await _parse(request, TypeAdapter(FlipBody))
-    return _answer(request, model, await control.flip(model, body.to))
+    gateway, model = _authorized(request)
+    body = await _parse(request, _FLIP)
+    return _answer(gateway, model, await gateway.control.flip(model, body.to))
 
 
 async def put_shadows(request: Request) -> Response:
-    model, control = request.path_params["model"], _control(request)
-    bodies = await _parse(request, _SHADOWS)
-    shadows = [Shadow(body.variant, body.sample) for body in bodies]
-    return _answer(request, model, await control.set_shadows(model, shadows))
+    gateway, model = _authorized(request)
+    shadows = [Shadow(body.variant, body.sample) for body in await _parse(request, _SHADOWS)]
+    return _answer(gateway, model, await gateway.control.set_shadows(model, shadows))
 
 
 async def rollback(request: Request) -> Response:
-    model, control = request.path_params["model"], _control(request)
-    body = await _parse(request, TypeAdapter(RollbackBody), optional=True)
-    return _answer(request, model, await control.rollback(model, body.to_revision))
+    gateway, model = _authorized(request)
+    body = await _parse(request, _ROLLBACK, optional=True)
+    return _answer(gateway, model, await gateway.control.rollback(model, body.to_revision))
 
 
 async def reload(request: Request) -> Response:

@@ -1,7 +1,5 @@
 """Data plane endpoints (CONTRACT §2): thin, decode -> service -> encode."""
 
-from collections.abc import Callable
-
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
@@ -9,23 +7,14 @@ from starlette.routing import Route
 
 from gateway import __version__
 from gateway.errors import Unavailable
-from gateway.http.inference import INFER, PREDICT
+from gateway.http.inference import INFER, PREDICT, service_of
 from gateway.http.responses import json_response
 from gateway.metrics import exposition_registry
-from gateway.runtime import ModelSession
 from gateway.service import InferenceService
-from gateway.types import InferRequest, InferResult
-
-Encoded = tuple[bytes, int | None]
-Decode = Callable[[bytes, Request, ModelSession], InferRequest]
-Encode = Callable[[InferResult, InferRequest, str], Encoded]
 
 
 def _service(request: Request) -> InferenceService:
-    service: InferenceService | None = getattr(request.app.state, "service", None)
-    if service is None:
-        raise Unavailable("the gateway is starting: models are still loading")
-    return service
+    return service_of(request.app.state)
 
 
 async def server_metadata(request: Request) -> Response:

@@ -57,7 +57,7 @@ class InferenceEndpoint:
         request_id = headers.get(b"x-request-id", b"").decode("latin-1")
         route: Route | None = None
         try:
-            service = _service(state)
+            service = service_of(state)
             model: str = scope["path_params"]["model"]
             route = _route(service, model, scope["path_params"].get("variant"), headers)
             body = await read_body(receive, headers, state.settings.max_body_bytes)
@@ -104,7 +104,8 @@ class InferenceEndpoint:
             access_log.record(request_id, model, route.variant, route.role, status, seconds)
 
 
-def _service(state: Any) -> InferenceService:
+def service_of(state: Any) -> InferenceService:
+    """The app's InferenceService; Unavailable (503) until the lifespan has started it."""
     service: InferenceService | None = getattr(state, "service", None)
     if service is None:
         raise Unavailable("the gateway is starting: models are still loading")
