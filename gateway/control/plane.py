@@ -60,14 +60,19 @@ class ControlPlane:
         """Serve the stored state of `model` (a restart is not a routing change) or store
         `initial` as revision 1. A stored state naming variants that are gone is replaced."""
         entry = await self.store.current(model)
-        if entry is None:
-            entry = HistoryEntry.new("init", initial.at(1))
-            await self.store.append(model, entry, expected=0)
-        elif not self._valid(model, entry.state):
-            log.warning("stored routing of %s names removed variants; using the config", model)
-            entry = HistoryEntry.new("config", initial.at(entry.revision + 1))
-            await self.store.append(model, entry, expected=entry.revision - 1)
-        self.install(model, entry.state)
+        if entry is None or not self._valid(model, entry.state):
+            if entry is not None:
+                log.warning("stored routing of %s names removed variants; using the config", model)
+            revision = entry.revision if entry else 0
+            new = HistoryEntry.new("config" if entry else "init", initial.at(revision + 1))
+            try:
+                await self.store.append(model, new, expected=revision)
+                entry = new
+            except Conflict:
+                # Another worker or replica starting at the same time got there first.
+                entry = await self.store.current(model)
+        if entry is not None:
+            self.install(model, entry.state)
 
     def install(self, model: str, state: RoutingState) -> None:
         """Make `state` the one requests read (ignored if not newer than the current one)."""
