@@ -13,6 +13,9 @@ import httpx
 import pytest
 import redis
 import yaml
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError
+from redis.retry import Retry
 from support import (
     ADMIN,
     IRIS_ROWS,
@@ -203,7 +206,10 @@ def test_redis_outage_freezes_routing_and_recovers(
     assert (
         admin(gateway, "PUT", "/admin/models/iris/shadows", [{"variant": "mlp"}]).status_code == 200
     )
-    store = redis.Redis.from_url(redis_server.url)
+    # The test's own client rides out the restart like the gateway does: by retrying.
+    store = redis.Redis.from_url(
+        redis_server.url, retry=Retry(ExponentialBackoff(), 10), retry_on_error=[ConnectionError]
+    )
     with Load(gateway.url).running() as load:
         wait_until(lambda: store.xlen("gateway:shadow:iris") > 10)
         redis_server.stop()
