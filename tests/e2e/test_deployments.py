@@ -14,7 +14,7 @@ import pytest
 import redis
 import yaml
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 from support import (
     ADMIN,
@@ -208,7 +208,9 @@ def test_redis_outage_freezes_routing_and_recovers(
     )
     # The test's own client rides out the restart like the gateway does: by retrying.
     store = redis.Redis.from_url(
-        redis_server.url, retry=Retry(ExponentialBackoff(), 10), retry_on_error=[ConnectionError]
+        redis_server.url,
+        retry=Retry(ExponentialBackoff(), 10),
+        retry_on_error=[RedisConnectionError],
     )
     with Load(gateway.url).running() as load:
         wait_until(lambda: store.xlen("gateway:shadow:iris") > 10)
