@@ -1,12 +1,18 @@
 """The data plane in-process: every route of CONTRACT §2 and every row of its error table."""
 
+from typing import Any
+
 import httpx
 import numpy as np
 import orjson
 import pytest
 from app.conftest import AppClient
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from support import ADMIN, IRIS_LABELS, IRIS_ROWS, iris_body
+
+from gateway.http import create_app
+from gateway.settings import load_settings
 
 
 async def test_server_metadata_and_health(client: httpx.AsyncClient) -> None:
@@ -251,3 +257,22 @@ async def test_admin_off_without_token(make_client: AppClient) -> None:
     client = await make_client(token=None)
     response = await client.get("/admin/models", headers=ADMIN)
     assert response.status_code == 403 and "GATEWAY_ADMIN_TOKEN" in response.json()["error"]
+
+
+async def test_not_ready_is_503(write_config: Any) -> None:
+    """Before the lifespan has loaded the models, ready and inference answer 503 with a message."""
+    app = create_app(load_settings(write_config(), env={}), registry=CollectorRegistry())
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://gw"
+    ) as client:
+        assert (await client.get("/v2/health/live")).status_code == 200
+        assert (await client.get("/v2/health/ready")).status_code == 503
+        response = await client.post("/v2/models/iris/infer", json=iris_body())
+        assert response.status_code == 503 and "loading" in response.json()["error"]
+        assert (await client.get("/v2/models/iris")).status_code == 503
+
+
+async def test_wrong_method_is_a_json_405(client: httpx.AsyncClient) -> None:
+    """A GET on an inference route is 405 with an {"error"} body, like every other error."""
+    response = await client.get("/v2/models/iris/infer")
+    assert response.status_code == 405 and response.json()["error"]
