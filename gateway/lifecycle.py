@@ -100,7 +100,10 @@ class Gateway:
         async with self._reload_lock:
             settings = self._reread()
             current = self.service.table.all()
-            repository = await asyncio.to_thread(load_repository, settings, self.repository)
+            try:
+                repository = await asyncio.to_thread(load_repository, settings, self.repository)
+            except ConfigError as exc:
+                raise Conflict(f"config not reloaded: {exc}") from None
             for model, state in current.items():
                 if (
                     model in repository.models
@@ -110,12 +113,12 @@ class Gateway:
                         f"model {model!r}: the new config drops a variant its routing uses; "
                         "flip, abort or change shadows first"
                     )
+            if announce:  # tell the other workers and replicas; 503 here changes nothing yet
+                await self.control.store.announce_reload()
             self._switch(settings, repository)
             new = {m: s for m, s in _initial_states(settings).items() if m not in current}
             await self._adopt_routing(new)
             log.info("reloaded %s: serving %s", settings.config_path, sorted(repository.models))
-            if announce:  # tell the other workers and replicas to do the same
-                await self.control.store.announce_reload()
             return sorted(repository.models)
 
     def _reread(self) -> Settings:

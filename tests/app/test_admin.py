@@ -204,6 +204,10 @@ async def test_reload_adds_variants_and_refuses_bad_configs(
     assert (
         dropped.status_code == 409 and "drops a variant its routing uses" in dropped.json()["error"]
     )
+    config["models"]["iris"]["variants"]["teal"] = {"path": "iris/9/model.onnx"}
+    config_path.write_text(yaml.safe_dump(config))
+    missing = await client.post("/admin/reload", headers=ADMIN)
+    assert missing.status_code == 409 and "no ONNX file" in missing.json()["error"]
     config_path.write_text("models: [")
     broken = await client.post("/admin/reload", headers=ADMIN)
     assert broken.status_code == 409 and "not valid YAML" in broken.json()["error"]
