@@ -121,6 +121,12 @@ class ShadowLog:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # What could not be run or written in time is lost: count it, as every loss is.
+        while not self._jobs.empty():
+            job = self._jobs.get_nowait()
+            self._metrics.shadow_record(job.model, job.variant, "dropped")
+        for model, record in self._buffer:
+            self._metrics.shadow_record(model, record["shadow_variant"], "dropped")
         self._runner.close()
         await self._sink.close()
 
