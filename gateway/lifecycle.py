@@ -5,6 +5,7 @@ stored routing, starts the shadow log and the routing watch; only then is the se
 """
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Collection
 
@@ -49,14 +50,15 @@ class Gateway:
 
     async def start(self) -> InferenceService:
         settings = self.settings
+        store = self._store()
+        with contextlib.suppress(Unavailable):  # Redis down: the watch opens it when it is back
+            await store.open()
         repository = self._preloaded
         if repository is None:
             repository = await asyncio.to_thread(load_repository, settings)
         self._preloaded = None
         table = RoutingTable({})
-        self.control = ControlPlane(
-            self._store(), table, self._variants, on_install=self._publish_routing
-        )
+        self.control = ControlPlane(store, table, self._variants, on_install=self._publish_routing)
         self.repository = repository
         await self._adopt_routing(_initial_states(settings))
         self.shadow_log = ShadowLog(

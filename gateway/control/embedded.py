@@ -34,6 +34,9 @@ class EmbeddedStore:
                 raise Conflict(f"routing of {model!r} changed meanwhile; try again")
             await asyncio.to_thread(self._write, model, [*history, entry])
 
+    async def open(self) -> None:
+        """Nothing to prepare: files are read when needed."""
+
     async def announce_reload(self) -> None:
         """A single process has nobody else to tell."""
 

@@ -10,7 +10,6 @@ or a reconnect.
 
 import asyncio
 import logging
-import os
 from typing import Any
 
 import orjson
@@ -24,7 +23,8 @@ log = logging.getLogger(__name__)
 
 HISTORY_KEY = "gateway:routing:{model}"
 CHANNEL = "gateway:routing"
-RELOAD_PREFIX = "\x00reload:"  # + the announcing process id; model names cannot start so
+RELOAD_KEY = "gateway:reloads"  # how many reloads were announced: the config's generation
+RELOAD_MESSAGE = "\x00reload"  # model names cannot start with a NUL
 SAFETY_NET_S = 1.0
 RECONNECT_S = 0.5
 
@@ -44,7 +44,7 @@ class RedisStore:
 
     def __init__(self, client: aioredis.Redis) -> None:
         self._client = client
-        self._id = os.urandom(8).hex()
+        self._generation: int | None = None  # the config generation this process serves
         self._append = client.register_script(_APPEND)
 
     async def current(self, model: str) -> HistoryEntry | None:
@@ -66,8 +66,14 @@ class RedisStore:
         if not done:
             raise Conflict(f"routing of {model!r} changed meanwhile; try again")
 
+    async def open(self) -> None:
+        """Note the config generation now, before this process reads its models, so a reload
+        announced while it starts is not missed."""
+        self._generation = int(await self._call(self._client.get(RELOAD_KEY)) or 0)
+
     async def announce_reload(self) -> None:
-        await self._call(self._client.publish(CHANNEL, RELOAD_PREFIX + self._id))
+        self._generation = int(await self._call(self._client.incr(RELOAD_KEY)))
+        await self._call(self._client.publish(CHANNEL, RELOAD_MESSAGE))
 
     async def watch(self, models: ModelNames, on_change: OnChange, on_reload: OnReload) -> None:
         """Follow changes until cancelled, reconnecting after any Redis failure."""
@@ -84,20 +90,32 @@ class RedisStore:
     async def _follow(self, models: ModelNames, on_change: OnChange, on_reload: OnReload) -> None:
         async with self._client.pubsub() as pubsub:
             await pubsub.subscribe(CHANNEL)
-            await self._sync(models, on_change)  # catch up on what was missed while away
+            if self._generation is None:  # Redis was down at start: serve what we have as current
+                await self.open()
+            # Catch up on what was missed while away, then follow; with no message for a
+            # second, look again anyway.
+            await self._catch_up(models, on_change, on_reload)
             while True:
                 message = await pubsub.get_message(
                     ignore_subscribe_messages=True, timeout=SAFETY_NET_S
                 )
-                if message is None:
-                    await self._sync(models, on_change)
-                    continue
-                name = message["data"].decode()
-                if name.startswith(RELOAD_PREFIX):
-                    if name != RELOAD_PREFIX + self._id:  # our own reload is done already
-                        await on_reload()
+                name = message["data"].decode() if message else None
+                if name is None:
+                    await self._catch_up(models, on_change, on_reload)
+                elif name == RELOAD_MESSAGE:
+                    await self._reload_if_behind(on_reload)
                 else:
                     await self._sync(lambda: [name], on_change)  # noqa: B023 (called at once)
+
+    async def _catch_up(self, models: ModelNames, on_change: OnChange, on_reload: OnReload) -> None:
+        await self._reload_if_behind(on_reload)
+        await self._sync(models, on_change)
+
+    async def _reload_if_behind(self, on_reload: OnReload) -> None:
+        generation = int(await self._call(self._client.get(RELOAD_KEY)) or 0)
+        if self._generation is not None and generation > self._generation:
+            self._generation = generation  # set first: our own reload must not announce again
+            await on_reload()
 
     async def _sync(self, models: ModelNames, on_change: OnChange) -> None:
         for model in list(models()):

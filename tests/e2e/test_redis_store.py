@@ -48,3 +48,39 @@ async def test_concurrent_changes_never_lose_a_revision(redis_server: RedisServe
     assert [h.revision for h in history] == list(range(1, len(landed) + 2))
     assert {h.state for h in history[1:]} == set(landed)
     await client.aclose()
+
+
+async def test_a_reload_announced_before_a_worker_listens_still_reaches_it(
+    redis_server: RedisServer,
+) -> None:
+    """A worker that was starting (not yet subscribed) when a reload was announced catches up;
+    the announcing worker does not reload a second time."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    announcer, late = RedisStore(client), RedisStore(client)
+    await announcer.open()
+    await late.open()
+    await announcer.announce_reload()  # nobody is listening yet
+    reloads = {"announcer": 0, "late": 0}
+
+    def counter(name: str):  # type: ignore[no-untyped-def]
+        async def on_reload() -> None:
+            reloads[name] += 1
+
+        return on_reload
+
+    watches = [
+        asyncio.create_task(store.watch(lambda: [], lambda m, s: None, counter(name)))
+        for name, store in (("announcer", announcer), ("late", late))
+    ]
+    async with asyncio.timeout(10):
+        while reloads["late"] == 0:
+            await asyncio.sleep(0.01)
+    await announcer.announce_reload()  # a second one, while both listen
+    async with asyncio.timeout(10):
+        while reloads["late"] < 2:
+            await asyncio.sleep(0.01)
+    for task in watches:
+        task.cancel()
+    await asyncio.gather(*watches, return_exceptions=True)
+    assert reloads == {"announcer": 0, "late": 2}
+    await client.aclose()
