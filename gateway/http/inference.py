@@ -8,6 +8,7 @@ as any endpoint: read the body, route, decode, run, encode; a GatewayError becom
 
 import itertools
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -32,6 +33,14 @@ JSON: RawHeaders = [(b"content-type", b"application/json")]
 # call, which profiling showed to be a sixth of a small request's cost.
 _ID_PREFIX = os.urandom(6).hex()
 _ID_COUNTER = itertools.count(1)
+
+
+# A body `id` is echoed in the x-request-id header only if it is safe there: visible ASCII.
+_SAFE_HEADER_VALUE = re.compile(r"[!-~]{1,256}")
+
+
+def _header_safe(value: str | None) -> str | None:
+    return value if value is not None and _SAFE_HEADER_VALUE.fullmatch(value) else None
 
 
 def new_request_id() -> str:
@@ -63,7 +72,7 @@ class InferenceEndpoint:
             body = await read_body(receive, headers, state.settings.max_body_bytes)
             session = service.session(model, route.variant)
             decoded = self._decode(body, headers, session)
-            request_id = request_id or decoded.id or new_request_id()
+            request_id = request_id or _header_safe(decoded.id) or new_request_id()
             payload, content = await self._answer(service, session, route, decoded, request_id)
             status = 200
         except GatewayError as exc:

@@ -71,7 +71,7 @@ def encode_response(
     document = {
         "model_name": result.model,
         "model_version": result.variant,
-        "id": request_id,
+        "id": request.id if request.id is not None else request_id,
         "outputs": outputs,
     }
     header = orjson.dumps(document, option=_JSON_OPTIONS)

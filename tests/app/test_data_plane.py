@@ -276,3 +276,24 @@ async def test_wrong_method_is_a_json_405(client: httpx.AsyncClient) -> None:
     """A GET on an inference route is 405 with an {"error"} body, like every other error."""
     response = await client.get("/v2/models/iris/infer")
     assert response.status_code == 405 and response.json()["error"]
+
+
+@pytest.mark.parametrize("body_id", ["日本", "a\r\nb", "x" * 300, "tab\there"])
+async def test_any_body_id_is_echoed_without_breaking_headers(
+    client: httpx.AsyncClient, body_id: str
+) -> None:
+    """A body `id` that cannot travel in a header is still echoed in the body; the header gets a generated id."""
+    response = await client.post("/v2/models/iris/infer", json={**iris_body(), "id": body_id})
+    assert response.status_code == 200
+    assert response.json()["id"] == body_id
+    assert response.headers["x-request-id"] and response.headers["x-request-id"] != body_id
+
+
+async def test_body_id_wins_in_the_body_header_id_in_the_header(client: httpx.AsyncClient) -> None:
+    """With both, the response body echoes the body's id and the header echoes the header's."""
+    response = await client.post(
+        "/v2/models/iris/infer",
+        json={**iris_body(), "id": "body-1"},
+        headers={"x-request-id": "hdr-1"},
+    )
+    assert response.json()["id"] == "body-1" and response.headers["x-request-id"] == "hdr-1"
