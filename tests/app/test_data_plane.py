@@ -1,5 +1,6 @@
 """The data plane in-process: every route of CONTRACT §2 and every row of its error table."""
 
+import json
 from typing import Any
 
 import httpx
@@ -7,6 +8,8 @@ import numpy as np
 import orjson
 import pytest
 from app.conftest import AppClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from support import ADMIN, IRIS_LABELS, IRIS_ROWS, iris_body
@@ -297,3 +300,75 @@ async def test_body_id_wins_in_the_body_header_id_in_the_header(client: httpx.As
         headers={"x-request-id": "hdr-1"},
     )
     assert response.json()["id"] == "body-1" and response.headers["x-request-id"] == "hdr-1"
+
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=4)
+)
+tensor_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "name": st.sampled_from(["input", "x"]) | scalars,
+        "datatype": st.sampled_from(["FP32", "FP64", "INT64", "BOOL", "BYTES", "fp32"]) | scalars,
+        "shape": st.lists(st.integers(-2, 5), max_size=3) | scalars,
+        "data": st.recursive(scalars, lambda c: st.lists(c, max_size=5), max_leaves=12),
+        "parameters": st.dictionaries(
+            st.sampled_from(["binary_data_size", "binary_data"]), scalars, max_size=2
+        )
+        | scalars,
+    },
+)
+infer_bodies = st.fixed_dictionaries(
+    {},
+    optional={
+        "inputs": st.lists(tensor_fields, max_size=2) | scalars,
+        "outputs": st.lists(
+            st.fixed_dictionaries(
+                {}, optional={"name": st.sampled_from(["label", "nope"]) | scalars}
+            ),
+            max_size=2,
+        )
+        | scalars,
+        "id": scalars,
+        "parameters": st.dictionaries(st.just("binary_data_output"), scalars) | scalars,
+        "instances": st.recursive(
+            scalars, lambda c: st.lists(c, min_size=1, max_size=4), max_leaves=12
+        ),
+    },
+)
+
+
+async def test_fuzzed_inference_requests_never_fail_with_500(client: httpx.AsyncClient) -> None:
+    """Random v2 and v1 bodies, binary header lengths and trailing bytes: always 200 or a 4xx with an error."""
+    calls: list[tuple[str, bytes, dict[str, str]]] = []
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        infer_bodies,
+        st.binary(max_size=16),
+        st.none() | st.integers(-5, 400),
+        st.sampled_from(
+            [
+                "/v2/models/iris/infer",
+                "/v1/models/iris:predict",
+                "/v2/models/iris/versions/failing/infer",
+            ]
+        ),
+    )
+    def collect(body: dict[str, object], tail: bytes, header_length: int | None, path: str) -> None:
+        content = json.dumps(body).encode() + tail  # json: orjson refuses ints over 64 bits
+        headers = (
+            {} if header_length is None else {"Inference-Header-Content-Length": str(header_length)}
+        )
+        calls.append((path, content, headers))
+
+    collect()
+    for path, content, headers in calls:
+        response = await client.post(path, content=content, headers=headers)
+        assert response.status_code in (200, 400, 404, 413), (path, content, headers, response.text)
+        assert response.status_code == 200 or response.json()["error"]
+    assert (await client.post("/v2/models/iris/infer", json=iris_body())).status_code == 200
