@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from gateway.errors import ConfigError
-from gateway.settings import load_settings
+from gateway.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,3 +93,11 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     """A config path that does not exist is reported as such."""
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_settings(tmp_path / "absent.yaml", env={})
+
+
+def test_readme_config_example_is_valid() -> None:
+    """The config shown in the README is a valid config (docs cannot drift from the model)."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    settings = Settings.model_validate(yaml.safe_load(block))
+    assert settings.models["iris"].routing.canary is not None
