@@ -46,7 +46,9 @@ def from_json(data: Any, dtype: np.dtype, shape: tuple[int, ...] | None, name: s
         raise BadRequest(_wrong_data(name, parsed, dtype))
     if dtype.kind in "iu":
         _check_range(parsed, dtype, name)
-    array = parsed.astype(dtype, copy=False)
+        array = parsed.astype(dtype, copy=False)
+    else:
+        array = _narrow_floats(parsed, dtype, name)
     return array if shape is None else _reshape(array, shape, name)
 
 
@@ -71,6 +73,16 @@ def _wrong_data(name: str, parsed: np.ndarray, dtype: np.dtype) -> str:
             f"input {name!r}: data must be numbers (or booleans for BOOL), not strings or objects"
         )
     return f"input {name!r}: data of kind {parsed.dtype.name} cannot be sent as {dtype.name}"
+
+
+def _narrow_floats(parsed: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
+    # JSON numbers parse as float64 (or int64); a value beyond the target's range would become
+    # inf silently, so the cast is told to raise instead.
+    try:
+        with np.errstate(over="raise"):
+            return parsed.astype(dtype, copy=False)
+    except FloatingPointError:
+        raise BadRequest(f"input {name!r}: data out of range for {dtype.name}") from None
 
 
 def _check_range(parsed: np.ndarray, dtype: np.dtype, name: str) -> None:

@@ -244,7 +244,9 @@ ADMIN_ROUTES = [
 async def test_fuzzed_admin_calls_never_fail_with_500(client: httpx.AsyncClient) -> None:
     """Random bodies, models and variants on every admin route: never a 500, data plane unharmed."""
 
-    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+    )
     @given(
         st.sampled_from(ADMIN_ROUTES),
         st.sampled_from(["iris", "mlp", "nope", "ir%20is"]),

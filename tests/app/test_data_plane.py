@@ -346,7 +346,9 @@ async def test_fuzzed_inference_requests_never_fail_with_500(client: httpx.Async
     """Random v2 and v1 bodies, binary header lengths and trailing bytes: always 200 or a 4xx with an error."""
     calls: list[tuple[str, bytes, dict[str, str]]] = []
 
-    @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=400, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+    )
     @given(
         infer_bodies,
         st.binary(max_size=16),

@@ -147,6 +147,14 @@ def test_binary_tensors_round_trip(first: np.ndarray, second: np.ndarray) -> Non
             "out of range",
         ),
         (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1e300]}]}',
+            "out of range for float32",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP16", "shape": [1], "data": [100000]}]}',
+            "out of range for float16",
+        ),
+        (
             b'{"inputs": [{"name": "x", "datatype": "BOOL", "shape": [1], "data": [2]}]}',
             "cannot be sent as bool",
         ),
