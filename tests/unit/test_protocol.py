@@ -50,22 +50,15 @@ def binary_body(
     return header + b"".join(a.tobytes() for a in arrays.values()), str(len(header))
 
 
+def json_body(array: np.ndarray, data: object) -> bytes:
+    tensor = {"name": "x", "datatype": DATATYPE_OF[array.dtype], "shape": list(array.shape)}
+    return orjson.dumps({"inputs": [{**tensor, "data": data}]})
+
+
 @given(st.sampled_from(NUMERIC).flatmap(arrays_of))
 def test_json_tensor_round_trip(array: np.ndarray) -> None:
     """Any numeric tensor sent as nested JSON data comes back with its values, dtype and shape."""
-    body = orjson.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "x",
-                    "datatype": DATATYPE_OF[array.dtype],
-                    "shape": list(array.shape),
-                    "data": array.tolist(),
-                }
-            ]
-        }
-    )
-    decoded = v2.decode_request(body).inputs["x"]
+    decoded = v2.decode_request(json_body(array, array.tolist())).inputs["x"]
     assert decoded.dtype == array.dtype and decoded.shape == array.shape
     np.testing.assert_array_equal(decoded, array)
 
@@ -73,19 +66,8 @@ def test_json_tensor_round_trip(array: np.ndarray) -> None:
 @given(st.sampled_from(NUMERIC).flatmap(arrays_of))
 def test_flat_json_data_is_reshaped(array: np.ndarray) -> None:
     """Flat `data` is reshaped to the declared shape, as the protocol allows."""
-    body = orjson.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "x",
-                    "datatype": DATATYPE_OF[array.dtype],
-                    "shape": list(array.shape),
-                    "data": array.reshape(-1).tolist(),
-                }
-            ]
-        }
-    )
-    np.testing.assert_array_equal(v2.decode_request(body).inputs["x"], array)
+    decoded = v2.decode_request(json_body(array, array.reshape(-1).tolist())).inputs["x"]
+    np.testing.assert_array_equal(decoded, array)
 
 
 @given(st.sampled_from(NUMERIC).flatmap(arrays_of), st.sampled_from(NUMERIC).flatmap(arrays_of))
