@@ -158,6 +158,7 @@ class GatewayProcess:
     """`gateway serve` as a real process on a free port."""
 
     def __init__(self, config: Path, workers: int, env: dict[str, str], log: Path) -> None:
+        self.workers = workers
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = log
@@ -179,6 +180,9 @@ class GatewayProcess:
             return httpx.get(f"{self.url}/v2/health/ready", timeout=2).status_code == 200
 
         wait_until(ready, timeout=timeout, interval=0.1)
+        # One answer proves one worker; every worker logs its start-up when it is serving.
+        started = "Application startup complete."
+        wait_until(lambda: self.output().count(started) >= self.workers, timeout=timeout)
 
     def output(self) -> str:
         return self._log.read_text(errors="replace")
