@@ -3,11 +3,15 @@
 import contextlib
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
+from starlette.routing import Route
 
 from gateway.http import admin, endpoints
+from gateway.http.body import Receive
+from gateway.http.inference import InferenceEndpoint, Scope, Send
 from gateway.http.responses import EXCEPTION_HANDLERS
 from gateway.lifecycle import Gateway
 from gateway.runtime import ModelRepository
@@ -32,13 +36,43 @@ def create_app(
         finally:
             await gateway.stop()
 
-    app = Starlette(
+    app = GatewayApp(
         routes=[*endpoints.ROUTES, *admin.ROUTES],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     app.state.settings = settings
     return app
+
+
+class GatewayApp(Starlette):
+    """Starlette, with one shortcut: a POST to an inference route goes straight to its endpoint.
+
+    Starlette's middleware stack and router cost about 80 Python lines a request, a fifth of a
+    small model's whole request, and the inference endpoints need none of it: they answer every
+    error, expected or not, themselves. The inference routes stay in the router as well, which
+    serves what the shortcut leaves (other methods: 405; an app mounted under a root_path), so
+    the shortcut changes the speed of a request, never its answer.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._shortcuts = [
+            (route.path_regex, route.endpoint)
+            for route in self.routes
+            if isinstance(route, Route) and isinstance(route.endpoint, InferenceEndpoint)
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            for path_regex, endpoint in self._shortcuts:
+                match = path_regex.match(scope["path"])
+                if match is not None:
+                    scope["app"] = self
+                    scope["path_params"] = match.groupdict()
+                    await endpoint(scope, receive, send)
+                    return
+        await super().__call__(scope, receive, send)
 
 
 def app_from_env() -> Starlette:

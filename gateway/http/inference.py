@@ -3,10 +3,12 @@
 They skip Starlette's Request and Response objects on purpose: building a Headers object and a
 Response for every call cost a fifth of a small model's request in profiles. The flow is the same
 as any endpoint: read the body, route, decode, run, encode; a GatewayError becomes its
-`{"error"}` answer and anything else goes to the app's 500 handler.
+`{"error"}` answer, anything else is logged and answered 500 (the app lets POSTs to these
+endpoints skip Starlette's middleware, error handlers included).
 """
 
 import itertools
+import logging
 import os
 import re
 import time
@@ -17,11 +19,14 @@ import orjson
 
 from gateway.errors import GatewayError, Unavailable
 from gateway.http.body import Headers, Receive, read_body
+from gateway.http.responses import INTERNAL_ERROR
 from gateway.protocol import v1, v2
 from gateway.routing import Route
 from gateway.runtime import ModelSession
 from gateway.service import InferenceService
 from gateway.types import InferRequest, InferResult
+
+log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -76,7 +81,11 @@ class InferenceEndpoint:
             payload, content = await self._answer(service, session, route, decoded, request_id)
             status = 200
         except GatewayError as exc:
-            status, payload, content = exc.status_code, orjson.dumps({"error": exc.message}), JSON
+            status, payload, content = exc.status_code, _error(exc.message), JSON
+            request_id = request_id or new_request_id()
+        except Exception:
+            log.exception("unexpected error on POST %s", scope["path"])
+            status, payload, content = 500, _error(INTERNAL_ERROR), JSON
             request_id = request_id or new_request_id()
         await _send(send, status, payload, [*content, *_route_headers(route, request_id)])
         if route is not None:
@@ -111,6 +120,10 @@ class InferenceEndpoint:
         access_log = state.gateway.access_log
         if access_log is not None:
             access_log.record(request_id, model, route.variant, route.role, status, seconds)
+
+
+def _error(message: str) -> bytes:
+    return orjson.dumps({"error": message})
 
 
 def service_of(state: Any) -> InferenceService:

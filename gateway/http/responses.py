@@ -11,6 +11,8 @@ from gateway.errors import GatewayError
 
 log = logging.getLogger(__name__)
 
+INTERNAL_ERROR = "internal error; the gateway logged the details"
+
 
 def json_response(
     content: object, status_code: int = 200, headers: dict[str, str] | None = None
@@ -41,7 +43,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:
     log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, "internal error; the gateway logged the details")
+    return error_response(500, INTERNAL_ERROR)
 
 
 EXCEPTION_HANDLERS = {

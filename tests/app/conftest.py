@@ -16,17 +16,21 @@ AppClient = Callable[..., Any]
 
 @pytest.fixture
 async def make_client(write_config: Callable[..., Path]) -> AsyncIterator[AppClient]:
-    """Factory: an httpx client on a fresh app (config overrides as keyword arguments)."""
+    """Factory: an httpx client on a fresh app (config overrides as keyword arguments), served
+    under `root_path` when given, as behind a proxy that strips a prefix."""
     stack: list[Any] = []
 
-    async def make(token: str | None = "secret", **overrides: Any) -> httpx.AsyncClient:
+    async def make(
+        token: str | None = "secret", root_path: str = "", **overrides: Any
+    ) -> httpx.AsyncClient:
         env = {"GATEWAY_ADMIN_TOKEN": token} if token is not None else {}
         app = create_app(
             load_settings(write_config(**overrides), env=env), registry=CollectorRegistry()
         )
         lifespan = app.router.lifespan_context(app)
         await lifespan.__aenter__()
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
+        transport = httpx.ASGITransport(app=app, root_path=root_path)
+        client = httpx.AsyncClient(transport=transport, base_url=f"http://gw{root_path}")
         stack.append((client, lifespan))
         return client
 

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import ADMIN, IRIS_LABELS, IRIS_ROWS, iris_body
 
 from gateway.http import create_app
+from gateway.service import InferenceService
 from gateway.settings import load_settings
 
 
@@ -273,6 +274,54 @@ async def test_not_ready_is_503(write_config: Any) -> None:
         response = await client.post("/v2/models/iris/infer", json=iris_body())
         assert response.status_code == 503 and "loading" in response.json()["error"]
         assert (await client.get("/v2/models/iris")).status_code == 503
+
+
+SHORTCUT_CASES = [
+    ("/v2/models/iris/infer", {**iris_body(IRIS_ROWS), "id": "a"}),
+    ("/v2/models/iris/versions/green/infer", iris_body()),
+    ("/v1/models/iris:predict", {"instances": IRIS_ROWS}),
+    ("/v2/models/iris/infer", {"inputs": "nope"}),
+    ("/v2/models/nope/infer", iris_body()),
+    ("/v2/models/iris/versions/nope/infer", iris_body()),
+]
+
+
+async def test_shortcut_and_router_answer_alike(make_client: AppClient) -> None:
+    """POSTs to the inference routes skip Starlette's middleware; under a root_path they go
+    through the router instead. Good and bad requests get the same answers either way."""
+    shortcut, router = await make_client(), await make_client(root_path="/gw")
+    for path, body in SHORTCUT_CASES:
+        headers = {"x-request-id": "same"}
+        fast = await shortcut.post(path, json=body, headers=headers)
+        slow = await router.post(path, json=body, headers=headers)
+        assert fast.status_code == slow.status_code, path
+        assert fast.content == slow.content, path
+        assert {k: v for k, v in fast.headers.items() if k.startswith("x-")} == {
+            k: v for k, v in slow.headers.items() if k.startswith("x-")
+        }
+
+
+async def test_unexpected_error_is_a_logged_json_500(
+    make_client: AppClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug inside inference answers 500 with an {"error"} body and a log line with the
+    traceback, by the shortcut and by the router alike; the next request is served."""
+    shortcut, router = await make_client(), await make_client(root_path="/gw")
+
+    async def broken(*args: Any) -> None:
+        raise RuntimeError("bug in the gateway")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(InferenceService, "infer", broken)
+        for response in [
+            await shortcut.post("/v2/models/iris/infer", json=iris_body()),
+            await router.post("/v2/models/iris/infer", json=iris_body()),
+        ]:
+            assert response.status_code == 500
+            assert response.json() == {"error": "internal error; the gateway logged the details"}
+            assert response.headers["x-gateway-variant"] == "blue"
+    assert caplog.text.count("RuntimeError: bug in the gateway") == 2
+    assert (await shortcut.post("/v2/models/iris/infer", json=iris_body())).status_code == 200
 
 
 async def test_wrong_method_is_a_json_405(client: httpx.AsyncClient) -> None:

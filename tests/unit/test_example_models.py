@@ -89,12 +89,16 @@ def test_build_all_writes_expected_files(built: tuple[pathlib.Path, list[pathlib
 def test_iris_fresh_matches_committed(
     fresh_repo: pathlib.Path, iris: tuple[FloatArray, np.ndarray], version: int
 ) -> None:
-    """Fresh and committed iris models agree on labels and probabilities for all rows."""
+    """Fresh and committed iris models agree on labels and probabilities for all rows.
+
+    Labels must match exactly. Probabilities may move in the third decimal: scikit-learn's
+    solvers stop at a tolerance, and where they stop changes between releases (1.9 moved the
+    logistic regression's probabilities by up to 6e-4 from the committed build)."""
     features, _ = iris
     fresh = _run(_model_file(fresh_repo, "iris", version), features)
     committed = _run(_model_file(MODELS_DIR, "iris", version), features)
     np.testing.assert_array_equal(fresh["label"], committed["label"])
-    np.testing.assert_allclose(fresh["probabilities"], committed["probabilities"], atol=1e-5)
+    np.testing.assert_allclose(fresh["probabilities"], committed["probabilities"], atol=2e-3)
 
 
 def test_mlp_fresh_matches_committed(fresh_repo: pathlib.Path) -> None:
