@@ -11,6 +11,7 @@ from typing import Any
 
 from gateway.admin_client import ADMIN_COMMANDS, run_admin_command
 from gateway.errors import ConfigError
+from gateway.metrics import METRICS_DIR_ENV
 from gateway.runtime import ModelRepository, load_repository
 from gateway.settings import DEFAULT_CONFIG, Settings, load_settings
 
@@ -63,10 +64,10 @@ def serve(args: argparse.Namespace) -> int:
         uvicorn.run(create_app(settings, repository), **options)
         return 0
     # Workers are separate processes: they read the config path from the environment, and
-    # prometheus-client's multiprocess mode sums their metrics from a fresh directory per run.
+    # share their metrics through a fresh directory per run (gateway.metrics).
     os.environ["GATEWAY_CONFIG"] = str(settings.config_path)
     metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    os.environ[METRICS_DIR_ENV] = metrics_dir
     try:
         uvicorn.run("gateway.http.app:app_from_env", factory=True, workers=args.workers, **options)
     finally:

@@ -9,7 +9,6 @@ from gateway import __version__
 from gateway.errors import Unavailable
 from gateway.http.inference import INFER, PREDICT, service_of
 from gateway.http.responses import json_response
-from gateway.metrics import exposition_registry
 from gateway.service import InferenceService
 
 
@@ -64,8 +63,9 @@ async def model_ready(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    registry = exposition_registry(request.app.state.metrics.registry)
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(
+        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
+    )
 
 
 ROUTES = [

@@ -99,11 +99,12 @@ class InferenceEndpoint:
         decoded: InferRequest,
         request_id: str,
     ) -> tuple[bytes, RawHeaders]:
-        service.metrics.inflight.inc()
+        metrics = service.metrics
+        metrics.inflight += 1
         try:
             result = await service.infer(session, route, decoded, request_id)
         finally:
-            service.metrics.inflight.dec()
+            metrics.inflight -= 1
         payload, header_length = self._encode(result, decoded, request_id)
         if header_length is None:
             return payload, JSON
