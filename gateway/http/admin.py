@@ -48,15 +48,15 @@ _ROLLBACK = TypeAdapter(RollbackBody)
 
 def _gateway(request: Request) -> Gateway:
     """The running gateway, once the caller has proved they hold the admin token."""
-    token = request.app.state.settings.admin_token
+    token = request.app.settings.admin_token
     if token is None or not token.get_secret_value():
         raise Forbidden("the admin API is off: set GATEWAY_ADMIN_TOKEN to turn it on")
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     expected = token.get_secret_value().encode()
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
         raise Unauthorized("missing or wrong admin token (Authorization: Bearer <token>)")
-    gateway: Gateway | None = getattr(request.app.state, "gateway", None)
-    if gateway is None or not gateway.service.ready:
+    gateway: Gateway | None = request.app.gateway
+    if gateway is None or request.app.service is None or not request.app.service.ready:
         raise Unavailable("the gateway is not ready yet")
     return gateway
 

@@ -15,34 +15,8 @@ from gateway.http.inference import InferenceEndpoint, Scope, Send
 from gateway.http.responses import EXCEPTION_HANDLERS
 from gateway.lifecycle import Gateway
 from gateway.runtime import ModelRepository
+from gateway.service import InferenceService
 from gateway.settings import DEFAULT_CONFIG, Settings, load_settings
-
-
-def create_app(
-    settings: Settings,
-    repository: ModelRepository | None = None,
-    registry: CollectorRegistry | None = None,
-) -> Starlette:
-    """The gateway as an ASGI app. Models load in the lifespan unless `repository` is given."""
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        gateway = Gateway(settings, registry or CollectorRegistry(), repository)
-        app.state.metrics = gateway.metrics
-        app.state.service = await gateway.start()
-        app.state.gateway = gateway
-        try:
-            yield
-        finally:
-            await gateway.stop()
-
-    app = GatewayApp(
-        routes=[*endpoints.ROUTES, *admin.ROUTES],
-        exception_handlers=EXCEPTION_HANDLERS,
-        lifespan=lifespan,
-    )
-    app.state.settings = settings
-    return app
 
 
 class GatewayApp(Starlette):
@@ -53,7 +27,14 @@ class GatewayApp(Starlette):
     error, expected or not, themselves. The inference routes stay in the router as well, which
     serves what the shortcut leaves (other methods: 405; an app mounted under a root_path), so
     the shortcut changes the speed of a request, never its answer.
+
+    What the endpoints need lives in plain attributes rather than Starlette's `app.state`, whose
+    every read first fails an ordinary attribute lookup (an AttributeError built and dropped).
     """
+
+    settings: Settings
+    gateway: Gateway | None = None  # from the start of the lifespan: /metrics works meanwhile
+    service: InferenceService | None = None  # once the models are loaded
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -73,6 +54,31 @@ class GatewayApp(Starlette):
                     await endpoint(scope, receive, send)
                     return
         await super().__call__(scope, receive, send)
+
+
+def create_app(
+    settings: Settings,
+    repository: ModelRepository | None = None,
+    registry: CollectorRegistry | None = None,
+) -> GatewayApp:
+    """The gateway as an ASGI app. Models load in the lifespan unless `repository` is given."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: GatewayApp) -> AsyncIterator[None]:
+        app.gateway = gateway = Gateway(settings, registry or CollectorRegistry(), repository)
+        app.service = await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.stop()
+
+    app = GatewayApp(
+        routes=[*endpoints.ROUTES, *admin.ROUTES],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )
+    app.settings = settings
+    return app
 
 
 def app_from_env() -> Starlette:

@@ -13,7 +13,7 @@ from gateway.service import InferenceService
 
 
 def _service(request: Request) -> InferenceService:
-    return service_of(request.app.state)
+    return service_of(request.app)
 
 
 async def server_metadata(request: Request) -> Response:
@@ -27,7 +27,7 @@ async def live(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    service = getattr(request.app.state, "service", None)
+    service = request.app.service
     is_ready = service is not None and service.ready
     return json_response({"ready": is_ready}, 200 if is_ready else 503)
 
@@ -64,7 +64,7 @@ async def model_ready(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     return Response(
-        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
+        generate_latest(request.app.gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST
     )
 
 

@@ -66,15 +66,15 @@ class InferenceEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        state = scope["app"].state
+        app = scope["app"]
         headers: Headers = dict(scope["headers"])  # ASGI gives names in lower case
         request_id = headers.get(b"x-request-id", b"").decode("latin-1")
         route: Route | None = None
         try:
-            service = service_of(state)
+            service = service_of(app)
             model: str = scope["path_params"]["model"]
             route = _route(service, model, scope["path_params"].get("variant"), headers)
-            body = await read_body(receive, headers, state.settings.max_body_bytes)
+            body = await read_body(receive, headers, app.settings.max_body_bytes)
             session = service.session(model, route.variant)
             decoded = self._decode(body, headers, session)
             request_id = request_id or _header_safe(decoded.id) or new_request_id()
@@ -89,7 +89,7 @@ class InferenceEndpoint:
             request_id = request_id or new_request_id()
         await _send(send, status, payload, [*content, *_route_headers(route, request_id)])
         if route is not None:
-            self._record(state, model, route, status, request_id, time.perf_counter() - started)
+            self._record(app, model, route, status, request_id, time.perf_counter() - started)
 
     async def _answer(
         self,
@@ -115,10 +115,10 @@ class InferenceEndpoint:
 
     @staticmethod
     def _record(
-        state: Any, model: str, route: Route, status: int, request_id: str, seconds: float
+        app: Any, model: str, route: Route, status: int, request_id: str, seconds: float
     ) -> None:
-        state.service.metrics.observe_request(model, route.variant, route.role, status, seconds)
-        access_log = state.gateway.access_log
+        app.service.metrics.observe_request(model, route.variant, route.role, status, seconds)
+        access_log = app.gateway.access_log
         if access_log is not None:
             access_log.record(request_id, model, route.variant, route.role, status, seconds)
 
@@ -127,9 +127,9 @@ def _error(message: str) -> bytes:
     return orjson.dumps({"error": message})
 
 
-def service_of(state: Any) -> InferenceService:
+def service_of(app: Any) -> InferenceService:
     """The app's InferenceService; Unavailable (503) until the lifespan has started it."""
-    service: InferenceService | None = getattr(state, "service", None)
+    service: InferenceService | None = app.service
     if service is None:
         raise Unavailable("the gateway is starting: models are still loading")
     return service
