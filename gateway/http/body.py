@@ -17,19 +17,19 @@ async def read_body(receive: Receive, headers: Headers, limit: int) -> bytes:
             raise BadRequest(f"Content-Length {declared.decode('latin-1')!r} is not a number")
         if int(declared) > limit:
             raise _too_large(limit)
-    chunks = []
+    chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise BadRequest("the client disconnected before sending the whole body")
-        chunk = message.get("body", b"")
+        chunk: bytes = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise _too_large(limit)
-        chunks.append(chunk)
         if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            return b"".join([*chunks, chunk]) if chunks else chunk
+        chunks.append(chunk)
 
 
 def _too_large(limit: int) -> PayloadTooLarge:

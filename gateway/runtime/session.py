@@ -2,7 +2,9 @@
 
 import logging
 import time
+from operator import mul
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnxruntime as ort
@@ -69,6 +71,7 @@ class ModelSession:
         self.inputs = tuple(_spec(arg, where, "input") for arg in self._session.get_inputs())
         self.outputs = tuple(_spec(arg, where, "output") for arg in self._session.get_outputs())
         self.input_specs = {spec.name: spec for spec in self.inputs}
+        self._expected = {spec.name: _Expected.of(spec) for spec in self.inputs}
         self.output_specs = {spec.name: spec for spec in self.outputs}
         self.output_names = [spec.name for spec in self.outputs]
         self.seconds_per_row = float("inf")  # unknown until warm-up has measured it
@@ -92,19 +95,19 @@ class ModelSession:
 
     def validate(self, inputs: dict[str, np.ndarray]) -> None:
         """Raise BadRequest unless `inputs` has every model input with its datatype and shape."""
-        if inputs.keys() != self.input_specs.keys():
+        if inputs.keys() != self._expected.keys():
             _name_mismatch(inputs, self.input_specs)
         for name, array in inputs.items():
-            spec = self.input_specs[name]
-            if array.dtype != spec.dtype:
+            dtype, mask, masked = self._expected[name]
+            if array.dtype != dtype:
                 raise BadRequest(
                     f"input {name!r} has datatype {DATATYPE_OF.get(array.dtype, array.dtype)}, "
-                    f"the model expects {spec.datatype}"
+                    f"the model expects {self.input_specs[name].datatype}"
                 )
-            if not _shape_fits(array.shape, spec.shape):
+            if len(array.shape) != len(mask) or tuple(map(mul, array.shape, mask)) != masked:
                 raise BadRequest(
                     f"input {name!r} has shape {list(array.shape)}, the model expects "
-                    f"{list(spec.shape)} (-1: any size)"
+                    f"{list(self.input_specs[name].shape)} (-1: any size)"
                 )
 
     def run(
@@ -143,10 +146,19 @@ def _spec(arg: ort.NodeArg, where: str, kind: str) -> TensorSpec:
     return TensorSpec(arg.name, datatype, shape)
 
 
-def _shape_fits(shape: tuple[int, ...], expected: tuple[int, ...]) -> bool:
-    if len(shape) != len(expected):
-        return False
-    return all(want in (-1, got) for got, want in zip(shape, expected, strict=True))
+class _Expected(NamedTuple):
+    """What an input must be, in a form checked with C-level operations only: a shape fits when
+    multiplying it by `mask` (0 for a dynamic dimension, else 1) gives `masked` (0 for a dynamic
+    dimension, else its size)."""
+
+    dtype: np.dtype
+    mask: tuple[int, ...]
+    masked: tuple[int, ...]
+
+    @classmethod
+    def of(cls, spec: TensorSpec) -> "_Expected":
+        mask = tuple(0 if dim < 0 else 1 for dim in spec.shape)
+        return cls(spec.dtype, mask, tuple(map(mul, spec.shape, mask)))
 
 
 def _name_mismatch(inputs: dict[str, np.ndarray], specs: dict[str, TensorSpec]) -> None:
