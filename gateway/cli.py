@@ -57,6 +57,7 @@ def serve(args: argparse.Namespace) -> int:
         "port": args.port,
         "log_level": args.log_level,
         "access_log": False,  # our own access log is in the app (settings.access_log)
+        "server_header": False,  # no need to tell the world which server we run
         "timeout_graceful_shutdown": 10,
         "log_config": _log_config(args.log_level),
     }

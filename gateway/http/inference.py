@@ -7,6 +7,7 @@ as any endpoint: read the body, route, decode, run, encode; a GatewayError becom
 endpoints skip Starlette's middleware, error handlers included).
 """
 
+import functools
 import itertools
 import logging
 import os
@@ -144,12 +145,17 @@ def _route(service: InferenceService, model: str, variant: str | None, headers: 
 def _route_headers(route: Route | None, request_id: str) -> RawHeaders:
     headers = [(b"x-request-id", request_id.encode("latin-1"))]
     if route is not None:
-        headers += [
-            (b"x-gateway-variant", route.variant.encode()),
-            (b"x-gateway-role", route.role.encode()),
-            (b"x-gateway-revision", str(route.revision).encode()),
-        ]
+        headers += _contract_headers(route.variant, route.role, route.revision)
     return headers
+
+
+@functools.lru_cache(maxsize=1024)  # a few routes per model and revision: encode each once
+def _contract_headers(variant: str, role: str, revision: int) -> tuple[tuple[bytes, bytes], ...]:
+    return (
+        (b"x-gateway-variant", variant.encode()),
+        (b"x-gateway-role", role.encode()),
+        (b"x-gateway-revision", str(revision).encode()),
+    )
 
 
 async def _send(send: Send, status: int, payload: bytes, headers: RawHeaders) -> None:
