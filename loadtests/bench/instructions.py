@@ -27,16 +27,18 @@ MLP = ROOT / "models" / "mlp" / "1" / "model.onnx"
 
 async def drive(app_name: str, requests: int, config: Path) -> None:
     sys.path.insert(0, str(HERE))
-    import floor
-    import trace_lines
+    import trace_lines  # the floor's process loads no gateway module: none to collect garbage in
+
+    if app_name == "floor":
+        import floor
+
+        await trace_lines.drive(floor.build(MLP), 100 + requests, None)
+        return
     from prometheus_client import CollectorRegistry
 
     from gateway.http import create_app
     from gateway.settings import load_settings
 
-    if app_name == "floor":
-        await trace_lines.drive(floor.build(MLP), 100 + requests, None)
-        return
     app = create_app(load_settings(config, env={}), registry=CollectorRegistry())
     async with app.router.lifespan_context(app):
         await trace_lines.drive(app, 100 + requests, None)

@@ -17,11 +17,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from prometheus_client import CollectorRegistry
-
-from gateway.http import create_app
-from gateway.settings import load_settings
-
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
@@ -97,6 +92,12 @@ def report(
 
 
 async def main() -> None:
+    # Imported here, not at the top: instructions.py drives the floor without loading the gateway.
+    from prometheus_client import CollectorRegistry
+
+    from gateway.http import create_app
+    from gateway.settings import load_settings
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=10)
     parser.add_argument("--top", type=int, default=15)
