@@ -87,6 +87,7 @@ class ShadowLog:
         queue_size: int,
         concurrency: int,
         timeout: float,
+        inline_below_s: float = 0.0,
     ) -> None:
         self.repository = repository
         self.log_inputs = dict(log_inputs)
@@ -94,7 +95,8 @@ class ShadowLog:
         self._metrics = metrics
         self._timeout = timeout
         self._concurrency = concurrency
-        self._runner = Runner(concurrency)
+        # Tiny runs stay on the event loop, as the caller's do: a thread hand-off costs more.
+        self._runner = Runner(concurrency, inline_below_s)
         self._jobs: asyncio.Queue[ShadowJob] = asyncio.Queue(queue_size)
         self._buffer: list[tuple[str, Record]] = []
         self._buffer_size = queue_size

@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -106,7 +108,11 @@ def descendants(pid: int) -> list[int]:
 
 
 def gateway_config(directory: Path, case: Case, redis_url: str | None) -> Path:
+    """A config for `case` with its own data directory: a gateway adopts the routing it finds
+    stored, so a directory (or Redis) shared with an earlier case would replay that case's
+    routing instead of this one's."""
     mlp = str(ROOT / "models" / "mlp" / "1" / "model.onnx")
+    directory = Path(tempfile.mkdtemp(dir=directory))
     config = {
         "model_repository": "/",
         "data_dir": str(directory / "data"),
@@ -116,7 +122,7 @@ def gateway_config(directory: Path, case: Case, redis_url: str | None) -> Path:
             "mlp": {"variants": {"v1": {"path": mlp}, "v2": {"path": mlp}}, "routing": case.routing}
         },
     }
-    path = directory / f"gateway-{abs(hash(case.name))}.yaml"
+    path = directory / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -128,6 +134,8 @@ def server(case: Case, directory: Path, redis_url: str | None) -> Iterator[tuple
         command = [sys.executable, str(HERE / "floor.py"), "--port", str(port)]
         ready = f"http://127.0.0.1:{port}/v2/models/mlp/infer"
     else:
+        if case.workers > 1 and redis_url is not None:
+            redis.Redis.from_url(redis_url).flushdb()  # our own Redis server, not a shared one
         config = gateway_config(directory, case, redis_url)
         command = [
             sys.executable,
@@ -227,6 +235,31 @@ def redis_server(directory: Path) -> Iterator[str]:
         process.wait()
 
 
+def served(url: str, case: Case) -> str:
+    """What the gateway's /metrics says it served; stops the run if it is not `case`'s routing."""
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)
+        for sample in family.samples
+    }
+    requests = {
+        dict(labels)["role"]: value
+        for (name, labels), value in samples.items()
+        if name == "gateway_requests_total"
+    }
+    shadows = {
+        dict(labels)["outcome"]: value
+        for (name, labels), value in samples.items()
+        if name == "gateway_shadow_records_total"
+    }
+    assert case.routing is not None
+    weight = case.routing.get("canary", {}).get("weight", 0.0)
+    served_weight = samples[("gateway_canary_weight", (("model", "mlp"), ("variant", "v2")))]
+    if served_weight != weight or bool(shadows) != bool(case.routing.get("shadows")):
+        raise SystemExit(f"{case.name}: the gateway did not serve the case's routing: {samples}")
+    return f"requests by role {requests}  shadow records {shadows}"
+
+
 def run(args: argparse.Namespace) -> Results:
     results = Results()
     with tempfile.TemporaryDirectory() as temp, redis_server(Path(temp)) as redis_url:
@@ -243,6 +276,8 @@ def run(args: argparse.Namespace) -> Results:
                             f"errors {sample.errors}",
                             flush=True,
                         )
+                    if case.routing is not None:
+                        print(f"round {round_number} {case.name:32s} {served(url, case)}")
     return results
 
 
