@@ -197,14 +197,18 @@ class ShadowLog:
             await asyncio.sleep(FLUSH_INTERVAL_S if ok else RETRY_INTERVAL_S)
 
     async def _flush(self) -> bool:
-        while self._buffer:
-            batch = self._buffer[:BATCH_SIZE]
+        # Only what is buffered now: records that arrive during the writes wait for the next
+        # flush. Chasing them kept the writer busy with batches of one or two under load.
+        pending = len(self._buffer)
+        while pending > 0:
+            batch = self._buffer[: min(BATCH_SIZE, pending)]
             try:
                 await self._sink.write(batch)
             except Exception as exc:  # outage: keep the batch, retry later
                 log.warning("shadow log write failed, will retry: %s", exc)
                 return False
             del self._buffer[: len(batch)]
+            pending -= len(batch)
             for model, record in batch:
                 if "error" not in record:
                     self._metrics.shadow_record(model, record["shadow_variant"], "logged")

@@ -58,25 +58,32 @@ def load_repository(settings: Settings, previous: ModelRepository | None = None)
     the variant and the reason for the first variant that cannot be served.
     """
     reusable = _sessions_by_file(previous) if previous else {}
+    loaded: dict[_FileKey, ModelSession] = {}
     models = {
-        name: _load_model(name, config, settings.model_repository, reusable)
+        name: _load_model(name, config, settings.model_repository, reusable, loaded)
         for name, config in settings.models.items()
     }
     return ModelRepository(models)
 
 
 def _load_model(
-    name: str, config: ModelConfig, root: Path, reusable: dict[_FileKey, ModelSession]
+    name: str,
+    config: ModelConfig,
+    root: Path,
+    reusable: dict[_FileKey, ModelSession],
+    loaded: dict[_FileKey, ModelSession],
 ) -> dict[str, ModelSession]:
+    """Variants naming the same (unchanged) file share one onnxruntime session."""
     sessions = {}
     for variant, spec in config.variants.items():
         path = _resolve(root, name, variant, spec.path)
         key = _FileKey(path, *_stat(path))
         session = reusable.get(key)
         if session is None or session.model != name or session.variant != variant:
-            session = ModelSession(name, variant, path)
+            session = ModelSession(name, variant, path, same_file=loaded.get(key) or session)
             session.warm_up()
             log.info("loaded model %s variant %s from %s", name, variant, path)
+        loaded.setdefault(key, session)
         sessions[variant] = session
     _check_same_inputs(name, config.routing.live, sessions)
     return sessions

@@ -58,17 +58,26 @@ def session_options() -> ort.SessionOptions:
 class ModelSession:
     """A loaded, warmed-up variant: its tensor specs and a thread-safe `run`."""
 
-    def __init__(self, model: str, variant: str, path: Path) -> None:
+    def __init__(
+        self, model: str, variant: str, path: Path, same_file: "ModelSession | None" = None
+    ) -> None:
+        """Load `path`, or share the onnxruntime session of `same_file`, loaded from the same
+        file: one copy of the weights in memory and in the CPU's caches (onnxruntime sessions
+        are safe to run from several threads at once)."""
         self.model = model
         self.variant = variant
         self.path = path
         where = f"model {model!r}, variant {variant!r} ({path})"
-        try:
-            self._session = ort.InferenceSession(
-                str(path), sess_options=session_options(), providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises several unrelated types for a bad file
-            raise ConfigError(f"{where}: ONNX file failed to load: {exc}") from None
+        self._session: ort.InferenceSession
+        if same_file is not None:
+            self._session = same_file._session
+        else:
+            try:
+                self._session = ort.InferenceSession(
+                    str(path), sess_options=session_options(), providers=["CPUExecutionProvider"]
+                )
+            except Exception as exc:  # onnxruntime raises several unrelated types for a bad file
+                raise ConfigError(f"{where}: ONNX file failed to load: {exc}") from None
         self.inputs = tuple(_spec(arg, where, "input") for arg in self._session.get_inputs())
         self.outputs = tuple(_spec(arg, where, "output") for arg in self._session.get_outputs())
         self.input_specs = {spec.name: spec for spec in self.inputs}

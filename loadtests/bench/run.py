@@ -297,6 +297,26 @@ def ratios(results: Results, case: str, concurrency: int) -> dict[str, float]:
     return {figure: median(figure) for figure in ("rps", "p50_ms", "p99_ms", "cpu_us")}
 
 
+def shadow_cost(results: Results, concurrencies: list[int]) -> str:
+    """The 100% shadow case against live only: median over rounds of the per-round ratios."""
+    live, shadow = CASES[1].name, CASES[3].name
+    lines = []
+    for concurrency in concurrencies:
+        pairs = list(
+            zip(
+                results.samples[(shadow, concurrency)],
+                results.samples[(live, concurrency)],
+                strict=True,
+            )
+        )
+        p50 = statistics.median(mirrored.p50_ms / alone.p50_ms for mirrored, alone in pairs)
+        rps = statistics.median(mirrored.rps / alone.rps for mirrored, alone in pairs)
+        lines.append(
+            f"- c={concurrency}: caller p50 {p50:.2f} times live only's, throughput {rps:.2f} times"
+        )
+    return "\n".join(lines)
+
+
 def table(results: Results, concurrencies: list[int]) -> str:
     lines = [
         "| case | c | req/s | p50 ms | p99 ms | CPU µs/req | req/s ÷ floor | p50 ÷ floor "
@@ -374,6 +394,7 @@ def write_report(results: Results, args: argparse.Namespace, path: Path) -> None
             rounds=args.rounds,
             duration=args.duration,
             table=table(results, args.concurrency),
+            shadow=shadow_cost(results, args.concurrency),
         )
     )
     path.write_text(text)
