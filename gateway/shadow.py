@@ -61,7 +61,7 @@ def agree(live: Mapping[str, np.ndarray], shadow: Mapping[str, np.ndarray]) -> b
         return all(np.array_equal(live[name], shadow[name]) for name in labels)
     a, b = live[names[0]], shadow[names[0]]
     if a.ndim == 2 and a.shape == b.shape:
-        return bool(np.array_equal(a.argmax(axis=1), b.argmax(axis=1)))
+        return bool((a.argmax(axis=1) == b.argmax(axis=1)).all())
     return all(_close(live[name], shadow[name]) for name in names)
 
 
@@ -70,8 +70,10 @@ def _close(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def _json(tensors: Mapping[str, np.ndarray]) -> str:
-    # tolist() rather than orjson's numpy support, which refuses 0-d arrays and some int types.
-    return orjson.dumps({name: array.tolist() for name, array in tensors.items()}).decode()
+    try:  # straight from the arrays' memory, several times faster than building Python lists
+        return orjson.dumps(tensors, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    except orjson.JSONEncodeError:  # 0-d or non-contiguous arrays, which orjson refuses
+        return orjson.dumps({name: array.tolist() for name, array in tensors.items()}).decode()
 
 
 class ShadowLog:
