@@ -1,6 +1,9 @@
 """`gateway serve` as a real process: HTTP clients, tritonclient, config errors, concurrency."""
 
 import json
+import re
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -53,6 +56,61 @@ def test_tritonclient_unchanged(gateway: GatewayProcess, binary: bool) -> None:
     assert green.get_response()["model_version"] == "green"
     assert green.as_numpy("probabilities") is None
     client.close()
+
+
+def _data_segments_received(sock: socket.socket) -> int:
+    """tcpi_data_segs_in of Linux's struct tcp_info: TCP segments with data this socket got."""
+    return int(
+        struct.unpack_from("I", sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256), 152)[0]
+    )
+
+
+def _read_response(sock: socket.socket) -> tuple[bytes, bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    match = re.search(rb"(?i)content-length: (\d+)", head)
+    assert match is not None, head
+    while len(body) < int(match[1]):
+        body += sock.recv(65536)
+    return head, body
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's TCP_INFO")
+def test_each_answer_arrives_in_one_tcp_segment(gateway: GatewayProcess) -> None:
+    """Status line, headers and body leave in one write: one segment per answer, good or bad, on
+    a kept-alive connection (uvicorn alone sends the head and the body as two)."""
+    good = json.dumps(iris_body(IRIS_ROWS)).encode()
+    with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
+        for body, status in [(good, b"200"), (b"{not json", b"400")] * 5:
+            before = _data_segments_received(sock)
+            sock.sendall(
+                b"POST /v2/models/iris/infer HTTP/1.1\r\nhost: gateway\r\n"
+                b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                % (len(body), body)
+            )
+            head, answer = _read_response(sock)
+            assert head.split()[1] == status and answer.startswith(b"{")
+            assert _data_segments_received(sock) - before == 1
+
+
+def test_answers_before_a_close_are_whole(gateway: GatewayProcess) -> None:
+    """Held writes go out before the server closes: `connection: close` and malformed HTTP."""
+    body = json.dumps(iris_body(IRIS_ROWS)).encode()
+    with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
+        sock.sendall(
+            b"POST /v2/models/iris/infer HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\n"
+            b"content-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        head, answer = _read_response(sock)
+        assert head.startswith(b"HTTP/1.1 200") and json.loads(answer)["outputs"]
+        assert sock.recv(65536) == b""  # then the server closed
+    with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
+        sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        head, answer = _read_response(sock)
+        assert head.startswith(b"HTTP/1.1 400") and b"Invalid HTTP request" in answer
+        assert sock.recv(65536) == b""
 
 
 def test_bad_requests_leave_the_server_serving(gateway: GatewayProcess) -> None:
