@@ -77,32 +77,58 @@ def _read_response(sock: socket.socket) -> tuple[bytes, bytes]:
     return head, body
 
 
+def _post(path: str, body: bytes, extra: bytes = b"") -> bytes:
+    return (
+        b"POST %s HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n%s"
+        b"content-length: %d\r\n\r\n%s" % (path.encode(), extra, len(body), body)
+    )
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's TCP_INFO")
 def test_each_answer_arrives_in_one_tcp_segment(gateway: GatewayProcess) -> None:
     """Status line, headers and body leave in one write: one segment per answer, good or bad, on
-    a kept-alive connection (uvicorn alone sends the head and the body as two)."""
-    good = json.dumps(iris_body(IRIS_ROWS)).encode()
+    kept-alive connections, alone and with other connections busy at the same time (uvicorn
+    alone sends the head and the body as two)."""
+    good = _post("/v2/models/iris/infer", json.dumps(iris_body(IRIS_ROWS)).encode())
+    bad = _post("/v2/models/iris/infer", b"{not json")
+    segments: list[int] = []
+
+    def client(rounds: int) -> None:
+        with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
+            for request, status in [(good, b"200"), (bad, b"400")] * rounds:
+                before = _data_segments_received(sock)
+                sock.sendall(request)
+                head, answer = _read_response(sock)
+                assert head.split()[1] == status and answer.startswith(b"{")
+                segments.append(_data_segments_received(sock) - before)
+
+    client(5)
+    threads = [threading.Thread(target=client, args=(25,)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert segments == [1] * (10 + 4 * 50)
+
+
+def test_a_bodiless_answer_is_sent_whole(gateway: GatewayProcess) -> None:
+    """HEAD gets its status line and headers (held for a body that never comes, then sent)."""
     with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
-        for body, status in [(good, b"200"), (b"{not json", b"400")] * 5:
-            before = _data_segments_received(sock)
-            sock.sendall(
-                b"POST /v2/models/iris/infer HTTP/1.1\r\nhost: gateway\r\n"
-                b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                % (len(body), body)
-            )
-            head, answer = _read_response(sock)
-            assert head.split()[1] == status and answer.startswith(b"{")
-            assert _data_segments_received(sock) - before == 1
+        sock.sendall(b"HEAD /v2/health/live HTTP/1.1\r\nhost: gateway\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"\r\n\r\n")
+        sock.sendall(_post("/v2/models/iris/infer", json.dumps(iris_body()).encode()))
+        head, answer = _read_response(sock)  # the connection still serves
+        assert head.startswith(b"HTTP/1.1 200") and json.loads(answer)["outputs"]
 
 
 def test_answers_before_a_close_are_whole(gateway: GatewayProcess) -> None:
     """Held writes go out before the server closes: `connection: close` and malformed HTTP."""
     body = json.dumps(iris_body(IRIS_ROWS)).encode()
     with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
-        sock.sendall(
-            b"POST /v2/models/iris/infer HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\n"
-            b"content-length: %d\r\n\r\n%s" % (len(body), body)
-        )
+        sock.sendall(_post("/v2/models/iris/infer", body, b"connection: close\r\n"))
         head, answer = _read_response(sock)
         assert head.startswith(b"HTTP/1.1 200") and json.loads(answer)["outputs"]
         assert sock.recv(65536) == b""  # then the server closed
