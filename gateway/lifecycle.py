@@ -70,8 +70,6 @@ class Gateway:
             log_inputs={name: model.log_inputs for name, model in settings.models.items()},
             queue_size=settings.shadow_queue_size,
             concurrency=settings.shadow_concurrency,
-            timeout=settings.request_timeout_s,
-            inline_below_s=settings.inline_run_below_s,
         )
         self.shadow_log.start()
         self.runner = Runner(inline_below_s=settings.inline_run_below_s)

@@ -1,26 +1,39 @@
-"""Shadow mirroring: run sampled copies of live traffic off the request path and log the answers.
+"""Shadow mirroring: run sampled copies of live traffic at background priority, log the answers.
 
-CONTRACT §3 and §5. Two bounded places hold work: the job queue (shadow runs waiting) and the
-record buffer (results waiting to be written). When either is full the newest item is dropped and
-counted; nothing here ever blocks or fails a caller. A writer task flushes the buffer in batches
-to a `ShadowSink` (a Redis stream per model, or a JSON-lines file per model in embedded mode). A
-failed write keeps the batch for the next try, so an outage loses only what the buffer cannot hold.
+CONTRACT §3 and §5: a shadow never delays or fails the caller. Shadow runs happen on their own
+threads (`shadow_concurrency` of them) at the operating system's idle priority (SCHED_IDLE on
+Linux): they get a core only when live requests leave it free, and onnxruntime releases the GIL
+while it computes. Run on the event loop instead, a 100% shadow of a small model made callers
+a third slower on a busy core, because its CPU time landed between their requests.
+
+Two bounded places hold work: the job queue (runs waiting) and the record buffer (records waiting
+to be written). When either is full the newest item is dropped and counted, so a core saturated
+by live traffic sheds shadow work rather than slowing the live work. A writer task on the event
+loop collects finished records, counts them (metrics are recorded on the loop, without locks) and
+writes them in batches to a `ShadowSink` (a Redis stream per model, or a JSON-lines file per
+model in embedded mode). A failed write keeps the batch for the next try, so an outage loses only
+what the buffer cannot hold.
 """
 
 import asyncio
+import collections
 import contextlib
 import logging
+import os
+import queue
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+import onnxruntime as ort
 import orjson
 
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
-from gateway.runtime import ModelRepository, Runner
+from gateway.runtime import ModelRepository, run_checked
 from gateway.types import InferResult
 
 log = logging.getLogger(__name__)
@@ -29,6 +42,7 @@ Record = dict[str, str]
 FLUSH_INTERVAL_S = 0.1
 RETRY_INTERVAL_S = 1.0
 BATCH_SIZE = 500
+STOP_GRACE_S = 1.0  # after close's timeout, for stopped runs to hand in their records
 
 
 class ShadowSink(Protocol):
@@ -77,7 +91,7 @@ def _json(tensors: Mapping[str, np.ndarray]) -> str:
 
 
 class ShadowLog:
-    """Runs shadow jobs with bounded concurrency and writes their records in batches."""
+    """Runs shadow jobs on background-priority threads and writes their records in batches."""
 
     def __init__(
         self,
@@ -88,82 +102,99 @@ class ShadowLog:
         log_inputs: Mapping[str, bool],
         queue_size: int,
         concurrency: int,
-        timeout: float,
-        inline_below_s: float = 0.0,
     ) -> None:
         self.repository = repository
         self.log_inputs = dict(log_inputs)
         self._sink = sink
         self._metrics = metrics
-        self._timeout = timeout
+        self._queue_size = queue_size
         self._concurrency = concurrency
-        # Tiny runs stay on the event loop, as the caller's do: a thread hand-off costs more.
-        self._runner = Runner(concurrency, inline_below_s)
-        self._jobs: asyncio.Queue[ShadowJob] = asyncio.Queue(queue_size)
+        self._jobs: queue.SimpleQueue[ShadowJob | None] = queue.SimpleQueue()  # None: stop
+        self._running: dict[int, tuple[ShadowJob, ort.RunOptions]] = {}  # by thread id
+        # Threads append, the writer pops: both are atomic on a deque, no lock needed.
+        self._finished: collections.deque[tuple[ShadowJob, Record | None]] = collections.deque()
         self._buffer: list[tuple[str, Record]] = []
-        self._buffer_size = queue_size
-        self._tasks: list[asyncio.Task[None]] = []
+        self._threads: list[threading.Thread] = []
+        self._writer: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        """Start the shadow workers and the writer (inside the running event loop)."""
-        self._tasks = [asyncio.create_task(self._work()) for _ in range(self._concurrency)]
-        self._tasks.append(asyncio.create_task(self._write_forever()))
+        """Start the shadow threads and the writer (inside the running event loop)."""
+        self._threads = [
+            threading.Thread(target=self._work, name=f"gateway-shadow-{i}", daemon=True)
+            for i in range(self._concurrency)
+        ]
+        for thread in self._threads:
+            thread.start()
+        self._writer = asyncio.create_task(self._write_forever())
 
     def submit(self, job: ShadowJob) -> None:
         """Queue a shadow run, or drop and count it when the queue is full. Never blocks."""
-        try:
-            self._jobs.put_nowait(job)
-        except asyncio.QueueFull:
+        if self._jobs.qsize() >= self._queue_size:
             self._metrics.shadow_record(job.model, job.variant, "dropped")
+        else:
+            self._jobs.put(job)
 
     async def close(self, timeout: float = 5.0) -> None:
         """Finish queued jobs and write what is buffered, waiting at most `timeout` seconds."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._jobs.join()
-                await self._flush()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        # What could not be run or written in time is lost: count it, as every loss is.
+        deadline = time.monotonic() + timeout
+        for _ in self._threads:
+            self._jobs.put(None)  # after the queued jobs: each thread stops when it reaches one
+        await asyncio.to_thread(_join, self._threads, deadline)
+        # What could not be run in time is lost: count it, as every loss is. Runs still going
+        # are told to stop at their next node, and get a moment to hand in their records.
         while not self._jobs.empty():
             job = self._jobs.get_nowait()
-            self._metrics.shadow_record(job.model, job.variant, "dropped")
+            if job is not None:
+                self._metrics.shadow_record(job.model, job.variant, "dropped")
+        for _, options in list(self._running.values()):
+            options.terminate = True
+        await asyncio.to_thread(_join, self._threads, time.monotonic() + STOP_GRACE_S)
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                await self._flush()
         for model, record in self._buffer:
             self._metrics.shadow_record(model, record["shadow_variant"], "dropped")
-        self._runner.close()
         await self._sink.close()
 
-    async def _work(self) -> None:
-        while True:
-            job = await self._jobs.get()
+    def _work(self) -> None:
+        background_priority()
+        thread = threading.get_ident()
+        while (job := self._jobs.get()) is not None:
+            options = ort.RunOptions()
+            self._running[thread] = (job, options)
+            record: Record | None = None
             try:
-                self._keep(job.model, job.variant, await self._run(job))
-            except Exception:  # a broken shadow must never stop the worker
+                record = self._run(job, options)
+            except Exception:  # a broken shadow must never stop the thread
                 log.exception("shadow run of %s/%s failed", job.model, job.variant)
-                self._metrics.shadow_record(job.model, job.variant, "error")
             finally:
-                self._jobs.task_done()
+                del self._running[thread]
+            self._finished.append((job, record))
 
-    async def _run(self, job: ShadowJob) -> Record:
+    def _run(self, job: ShadowJob, options: ort.RunOptions) -> Record:
         session = self.repository.session(job.model, job.variant)
         # Compare like with like; a shadow with none of live's outputs is logged whole.
         names = [name for name in job.live.outputs if name in session.output_specs]
         names = names or session.output_names
-        started = time.perf_counter()
+        # The thread's own CPU time: at background priority the wall time would also count
+        # every live request that took the core in between.
+        started = time.thread_time()
         error = None
         try:
-            outputs, _ = await self._runner.run(session, job.inputs, names, self._timeout)
+            outputs = run_checked(session, job.inputs, names, options)
         except GatewayError as exc:
             outputs, error = {}, exc.message
-        return self._record(job, outputs, time.perf_counter() - started, error)
+        seconds = time.thread_time() - started
+        yield_gil()  # between the run and the comparison and encoding
+        return self._record(job, outputs, seconds, error)
 
     def _record(
         self, job: ShadowJob, outputs: dict[str, np.ndarray], seconds: float, error: str | None
     ) -> Record:
         agrees = error is None and agree(job.live.outputs, outputs)
-        if error is None:
-            self._metrics.shadow_comparison(job.model, job.variant, agrees)
         record = {
             "ts": str(int(time.time() * 1000)),
             "request_id": job.request_id,
@@ -185,13 +216,20 @@ class ShadowLog:
             record["error"] = error
         return record
 
-    def _keep(self, model: str, variant: str, record: Record) -> None:
-        if "error" in record:
-            self._metrics.shadow_record(model, variant, "error")
-        if len(self._buffer) >= self._buffer_size:
-            self._metrics.shadow_record(model, variant, "dropped")
-            return
-        self._buffer.append((model, record))
+    def _collect(self) -> None:
+        """Count the finished runs and move their records into the buffer (or drop them)."""
+        while self._finished:
+            job, record = self._finished.popleft()
+            if record is None or "error" in record:
+                self._metrics.shadow_record(job.model, job.variant, "error")
+            else:
+                self._metrics.shadow_comparison(job.model, job.variant, record["agree"] == "1")
+            if record is None:
+                continue
+            if len(self._buffer) >= self._queue_size:
+                self._metrics.shadow_record(job.model, job.variant, "dropped")
+            else:
+                self._buffer.append((job.model, record))
 
     async def _write_forever(self) -> None:
         while True:
@@ -199,6 +237,7 @@ class ShadowLog:
             await asyncio.sleep(FLUSH_INTERVAL_S if ok else RETRY_INTERVAL_S)
 
     async def _flush(self) -> bool:
+        self._collect()
         # Only what is buffered now: records that arrive during the writes wait for the next
         # flush. Chasing them kept the writer busy with batches of one or two under load.
         pending = len(self._buffer)
@@ -215,3 +254,27 @@ class ShadowLog:
                 if "error" not in record:
                     self._metrics.shadow_record(model, record["shadow_variant"], "logged")
         return True
+
+
+def background_priority() -> None:
+    """Let the calling thread have a core only when nothing else wants it (Linux SCHED_IDLE).
+
+    Elsewhere the thread keeps the normal priority: shadows then share the CPU with callers.
+    """
+    with contextlib.suppress(AttributeError, OSError):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
+def yield_gil() -> None:
+    """Let the event loop take the GIL if it is waiting for it.
+
+    A background-priority thread that holds the GIL while running Python keeps a woken event
+    loop waiting until it lets go (up to the 5 ms switch interval): cut its work into short
+    stretches. The loop's thread, at normal priority, takes the core as soon as it is woken.
+    """
+    time.sleep(0)
+
+
+def _join(threads: list[threading.Thread], deadline: float) -> None:
+    for thread in threads:
+        thread.join(max(deadline - time.monotonic(), 0.0))

@@ -1,12 +1,13 @@
 """Where shadow records are written (CONTRACT §5): a Redis stream or a JSON-lines file per model."""
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import orjson
 import redis.asyncio as aioredis
 
-from gateway.shadow import Record
+from gateway.shadow import Record, background_priority, yield_gil
 
 STREAM_KEY = "gateway:shadow:{model}"
 
@@ -38,21 +39,25 @@ class JsonLinesSink:
 
     def __init__(self, directory: Path) -> None:
         self._directory = directory
+        # Encoding and writing happen on a thread of their own, at background priority like the
+        # shadow runs: on the event loop, a batch of a few hundred records stalled callers.
+        self._thread = ThreadPoolExecutor(
+            1, thread_name_prefix="gateway-shadow-file", initializer=background_priority
+        )
 
     async def write(self, records: list[tuple[str, Record]]) -> None:
-        # Encode here, and leave the thread only the file calls, which release the GIL: a thread
-        # running Python holds the GIL when a model run on the event loop wants it back, and
-        # that wait (up to the 5 ms switch interval) landed on callers' requests.
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._append, records)
+
+    def _append(self, records: list[tuple[str, Record]]) -> None:
         by_model: dict[str, list[bytes]] = {}
         for model, record in records:
             by_model.setdefault(model, []).append(orjson.dumps(record) + b"\n")
-        await asyncio.to_thread(self._append, {m: b"".join(lines) for m, lines in by_model.items()})
-
-    def _append(self, chunks: dict[str, bytes]) -> None:
+            yield_gil()
         self._directory.mkdir(parents=True, exist_ok=True)
-        for model, chunk in chunks.items():
+        for model, lines in by_model.items():
             with (self._directory / f"{model}.jsonl").open("ab") as file:
-                file.write(chunk)
+                file.write(b"".join(lines))
 
     async def close(self) -> None:
-        """Every write closes its file; nothing is held open."""
+        """Every write closes its file; only the thread is left to stop."""
+        self._thread.shutdown(wait=True)

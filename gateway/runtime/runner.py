@@ -68,15 +68,25 @@ def _timed_run(
     rows: int,
 ) -> tuple[Outputs, float]:
     started = time.perf_counter()
+    outputs = run_checked(session, inputs, output_names, options)
+    seconds = time.perf_counter() - started
+    session.record_run(seconds, rows, exact=options is None)  # options: run in a worker thread
+    return outputs, seconds
+
+
+def run_checked(
+    session: ModelSession,
+    inputs: Outputs,
+    output_names: list[str],
+    options: ort.RunOptions | None = None,
+) -> Outputs:
+    """`session.run`, with the model's own refusal of these inputs as a BadRequest."""
     try:
-        outputs = session.run(inputs, output_names, options)
+        return session.run(inputs, output_names, options)
     except (InvalidArgument, Fail) as exc:
         # The inputs matched the model's declared metadata but not what its nodes accept
         # (data-dependent shapes): the request's fault, as in Triton, not the server's.
         raise BadRequest(f"the model failed on these inputs: {_first_line(exc)}") from None
-    seconds = time.perf_counter() - started
-    session.record_run(seconds, rows, exact=options is None)  # options: run in a worker thread
-    return outputs, seconds
 
 
 def _rows(inputs: Outputs) -> int:

@@ -2,12 +2,15 @@
 
 import asyncio
 import json
+import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 from app.conftest import AppClient
 from prometheus_client.parser import text_string_to_metric_families
 from support import ADMIN, IRIS_LABELS, IRIS_ROWS, RECORD_FIELDS, iris_body
@@ -119,3 +122,22 @@ async def test_full_shadow_queue_drops_and_counts(make_client: AppClient) -> Non
     ]
     assert statuses == [200] * 10
     assert (await shadow_counts(client)).get(("slow", "dropped"), 0) >= 5
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+async def test_shadow_threads_run_at_idle_priority(make_client: AppClient, tmp_path: Path) -> None:
+    """Shadow runs and shadow-log writes happen on threads the kernel runs only when the core has
+    nothing else to do, so they never take CPU time from callers; the records still land."""
+    client = await make_client()
+    await client.put(
+        "/admin/models/iris/shadows", json=[{"variant": "green", "sample": 1.0}], headers=ADMIN
+    )
+    await client.post("/v2/models/iris/infer", json=iris_body())
+    await records(tmp_path / "data" / "shadow" / "iris.jsonl", 1)  # both threads have worked
+    policies = {
+        thread.name: os.sched_getscheduler(thread.native_id or 0)
+        for thread in threading.enumerate()
+        if thread.name.startswith("gateway-shadow")
+    }
+    assert len(policies) == 2 and set(policies.values()) == {os.SCHED_IDLE}, policies
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the event loop's thread is untouched
