@@ -189,9 +189,9 @@ class Gateway:
         return RedisStore(self._redis)
 
     def _sink(self) -> ShadowSink:
-        if self._redis is None:
+        if self.settings.redis_url is None:
             return JsonLinesSink(self.settings.data_dir / "shadow")
-        return RedisStreamSink(self._redis, self.settings.shadow_log_maxlen)
+        return RedisStreamSink(self.settings.redis_url, self.settings.shadow_log_maxlen)
 
 
 def _initial_states(settings: Settings) -> dict[str, RoutingState]:
