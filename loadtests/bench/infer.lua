@@ -7,6 +7,12 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"inputs":[{"name":"input","datatype":"FP32","shape":[1,64],"data":['
   .. table.concat(values, ",") .. ']}]}'
 
+-- BENCH_DELAY_MS: each connection waits this long after an answer (a partial load).
+local pause = tonumber(os.getenv("BENCH_DELAY_MS") or "")
+if pause then
+  function delay() return pause end
+end
+
 function done(summary, latency, requests)
   io.write(string.format("RESULT requests=%d errors=%d duration_us=%d p50_us=%d p99_us=%d\n",
     summary.requests, summary.errors.status + summary.errors.connect + summary.errors.read

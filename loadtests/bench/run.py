@@ -58,6 +58,7 @@ CASES = [
     ),
     Case("gateway: 2 workers (Redis)", {"live": "v1"}, workers=2),
 ]
+LIVE, SHADOW = CASES[1], CASES[3]
 
 
 @dataclass
@@ -69,11 +70,18 @@ class Sample:
     errors: int
 
 
+# The shadow's cost is also measured at a partial load: connections, and a pause (ms) after each
+# answer. Here that keeps the server's core about a third busy with live traffic.
+PACED = (4, 1)
+
+
 @dataclass
 class Results:
-    samples: dict[tuple[str, int], list[Sample]] = field(default_factory=dict)
+    samples: dict[tuple[str, int | str], list[Sample]] = field(default_factory=dict)
+    # Shadow records counted during each measurement of the shadow case, by outcome.
+    shadows: dict[int | str, list[dict[str, float]]] = field(default_factory=dict)
 
-    def add(self, case: str, concurrency: int, sample: Sample) -> None:
+    def add(self, case: str, concurrency: int | str, sample: Sample) -> None:
         self.samples.setdefault((case, concurrency), []).append(sample)
 
 
@@ -177,7 +185,9 @@ def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
     raise SystemExit(f"server at {url} not ready in 60 s")
 
 
-def wrk(url: str, concurrency: int, seconds: int) -> tuple[int, int, float, float, float]:
+def wrk(
+    url: str, concurrency: int, seconds: int, delay_ms: int = 0
+) -> tuple[int, int, float, float, float]:
     command = pinned(
         CLIENT_CORE,
         [
@@ -190,7 +200,8 @@ def wrk(url: str, concurrency: int, seconds: int) -> tuple[int, int, float, floa
             url,
         ],
     )
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    env = {**os.environ, "BENCH_DELAY_MS": str(delay_ms)} if delay_ms else None
+    output = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
     match = RESULT.search(output)
     if match is None:
         raise SystemExit(f"wrk printed no result:\n{output}")
@@ -198,10 +209,10 @@ def wrk(url: str, concurrency: int, seconds: int) -> tuple[int, int, float, floa
     return requests, errors, duration_us / 1e6, p50_us / 1000, p99_us / 1000
 
 
-def measure(url: str, pid: int, concurrency: int, seconds: int) -> Sample:
+def measure(url: str, pid: int, concurrency: int, seconds: int, delay_ms: int = 0) -> Sample:
     wrk(url, concurrency, 1)  # warm up connections, caches and the inline-cost estimate
     before = cpu_seconds(pid)
-    requests, errors, duration, p50, p99 = wrk(url, concurrency, seconds)
+    requests, errors, duration, p50, p99 = wrk(url, concurrency, seconds, delay_ms)
     cpu = cpu_seconds(pid) - before
     return Sample(requests / duration, p50, p99, cpu / max(requests, 1) * 1e6, errors)
 
@@ -235,23 +246,43 @@ def redis_server(directory: Path) -> Iterator[str]:
         process.wait()
 
 
-def served(url: str, case: Case) -> str:
-    """What the gateway's /metrics says it served; stops the run if it is not `case`'s routing."""
-    samples = {
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)
         for sample in family.samples
     }
+
+
+def shadow_records(url: str) -> dict[str, float]:
+    """Shadow records by outcome, as /metrics counts them (records land in batches: wait for
+    the count to stop moving)."""
+    counts: dict[str, float] = {}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        previous, counts = (
+            counts,
+            {
+                dict(labels)["outcome"]: value
+                for (name, labels), value in scrape(url).items()
+                if name == "gateway_shadow_records_total"
+            },
+        )
+        if counts == previous:
+            break
+        time.sleep(0.3)
+    return counts
+
+
+def served(url: str, case: Case) -> str:
+    """What the gateway's /metrics says it served; stops the run if it is not `case`'s routing."""
+    samples = scrape(url)
     requests = {
         dict(labels)["role"]: value
         for (name, labels), value in samples.items()
         if name == "gateway_requests_total"
     }
-    shadows = {
-        dict(labels)["outcome"]: value
-        for (name, labels), value in samples.items()
-        if name == "gateway_shadow_records_total"
-    }
+    shadows = shadow_records(url)
     assert case.routing is not None
     weight = case.routing.get("canary", {}).get("weight", 0.0)
     served_weight = samples[("gateway_canary_weight", (("model", "mlp"), ("variant", "v2")))]
@@ -266,11 +297,22 @@ def run(args: argparse.Namespace) -> Results:
         for round_number in range(1, args.rounds + 1):
             for case in CASES:
                 with server(case, Path(temp), redis_url) as (url, pid):
-                    for concurrency in args.concurrency:
-                        sample = measure(url, pid, concurrency, args.duration)
-                        results.add(case.name, concurrency, sample)
+                    loads: list[tuple[int | str, int, int]] = [
+                        (concurrency, concurrency, 0) for concurrency in args.concurrency
+                    ]
+                    if case in (LIVE, SHADOW):  # first: saturated runs leave a full shadow queue
+                        loads.insert(0, ("paced", *PACED))
+                    for key, connections, delay_ms in loads:
+                        before = shadow_records(url) if case is SHADOW else {}
+                        sample = measure(url, pid, connections, args.duration, delay_ms)
+                        results.add(case.name, key, sample)
+                        if case is SHADOW:
+                            after = shadow_records(url)
+                            results.shadows.setdefault(key, []).append(
+                                {k: v - before.get(k, 0.0) for k, v in after.items()}
+                            )
                         print(
-                            f"round {round_number} {case.name:32s} c={concurrency:<3d} "
+                            f"round {round_number} {case.name:32s} c={key!s:<6s} "
                             f"{sample.rps:8.0f} req/s  p50 {sample.p50_ms:6.3f} ms  "
                             f"p99 {sample.p99_ms:6.3f} ms  cpu {sample.cpu_us:6.0f} us/req  "
                             f"errors {sample.errors}",
@@ -298,21 +340,35 @@ def ratios(results: Results, case: str, concurrency: int) -> dict[str, float]:
 
 
 def shadow_cost(results: Results, concurrencies: list[int]) -> str:
-    """The 100% shadow case against live only: median over rounds of the per-round ratios."""
-    live, shadow = CASES[1].name, CASES[3].name
+    """The 100% shadow case against live only (medians of the per-round ratios), and the share
+    of shadow runs that were logged rather than dropped (all rounds together)."""
     lines = []
-    for concurrency in concurrencies:
+    for key in [*concurrencies, "paced"]:
         pairs = list(
             zip(
-                results.samples[(shadow, concurrency)],
-                results.samples[(live, concurrency)],
+                results.samples[(SHADOW.name, key)],
+                results.samples[(LIVE.name, key)],
                 strict=True,
             )
         )
-        p50 = statistics.median(mirrored.p50_ms / alone.p50_ms for mirrored, alone in pairs)
-        rps = statistics.median(mirrored.rps / alone.rps for mirrored, alone in pairs)
+
+        def median(figure: str, pairs: list[tuple[Sample, Sample]] = pairs) -> float:
+            return statistics.median(getattr(m, figure) / getattr(a, figure) for m, a in pairs)
+
+        counts = results.shadows[key]
+        logged = sum(c.get("logged", 0.0) for c in counts)
+        dropped = sum(c.get("dropped", 0.0) for c in counts)
+        load = (
+            f"c={key}"
+            if key != "paced"
+            else f"partial load ({PACED[0]} connections, {PACED[1]} ms pause after each answer, "
+            f"live only {statistics.median(a.rps for _, a in pairs):.0f} req/s)"
+        )
         lines.append(
-            f"- c={concurrency}: caller p50 {p50:.2f} times live only's, throughput {rps:.2f} times"
+            f"- {load}: caller p50 {median('p50_ms'):.2f} times live only's, p99 "
+            f"{median('p99_ms'):.2f} times, throughput {median('rps'):.2f} times; shadow runs "
+            f"logged {logged / max(logged + dropped, 1):.0%} ({logged:.0f} logged, "
+            f"{dropped:.0f} dropped)"
         )
     return "\n".join(lines)
 
