@@ -210,7 +210,9 @@ def wrk(
 
 
 def measure(url: str, pid: int, concurrency: int, seconds: int, delay_ms: int = 0) -> Sample:
-    wrk(url, concurrency, 1)  # warm up connections, caches and the inline-cost estimate
+    # Warm up connections, caches and the inline-cost estimate, at the same load: a warm-up at
+    # full speed would leave the partial-load run a shadow queue filled to its end.
+    wrk(url, concurrency, 1, delay_ms)
     before = cpu_seconds(pid)
     requests, errors, duration, p50, p99 = wrk(url, concurrency, seconds, delay_ms)
     cpu = cpu_seconds(pid) - before
