@@ -5,6 +5,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,12 @@ import httpx
 import numpy as np
 import pytest
 from app.conftest import AppClient
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from support import ADMIN, IRIS_LABELS, IRIS_ROWS, RECORD_FIELDS, iris_body
+
+from gateway.http import create_app
+from gateway.settings import load_settings
 
 
 async def records(path: Path, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
@@ -141,3 +146,30 @@ async def test_shadow_threads_run_at_idle_priority(make_client: AppClient, tmp_p
     }
     assert len(policies) == 2 and set(policies.values()) == {os.SCHED_IDLE}, policies
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the event loop's thread is untouched
+
+
+async def test_stopping_writes_or_counts_every_shadow_run(
+    write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    """At shutdown the queued shadow runs get a few seconds to finish; what they cannot finish
+    is stopped or dropped, and every run still ends up logged, errored or dropped, once."""
+    registry = CollectorRegistry()
+    app = create_app(
+        load_settings(write_config(), env={"GATEWAY_ADMIN_TOKEN": "secret"}), registry=registry
+    )
+    lifespan = app.router.lifespan_context(app)
+    await lifespan.__aenter__()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+        await c.put("/admin/models/iris/shadows", json=[{"variant": "slow"}], headers=ADMIN)
+        for _ in range(300):  # far more slow runs than the shutdown's 5 s can finish
+            assert (await c.post("/v2/models/iris/infer", json=iris_body())).status_code == 200
+    await lifespan.__aexit__(None, None, None)
+
+    def count(outcome: str) -> float:
+        labels = {"model": "iris", "variant": "slow", "outcome": outcome}
+        return registry.get_sample_value("gateway_shadow_records_total", labels) or 0.0
+
+    assert count("logged") + count("error") + count("dropped") == 300
+    assert count("dropped") > 0  # the test would not test the deadline otherwise
+    lines = (tmp_path / "data" / "shadow" / "iris.jsonl").read_text().splitlines()
+    assert len(lines) == count("logged") + count("error")  # stopped runs leave an error record
