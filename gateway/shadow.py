@@ -116,6 +116,7 @@ class ShadowLog:
         self._buffer: list[tuple[str, Record]] = []
         self._threads: list[threading.Thread] = []
         self._writer: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def start(self) -> None:
         """Start the shadow threads and the writer (inside the running event loop)."""
@@ -135,7 +136,10 @@ class ShadowLog:
             self._jobs.put(job)
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Finish queued jobs and write what is buffered, waiting at most `timeout` seconds."""
+        """Finish queued jobs and write what is buffered.
+
+        Runs get `timeout` seconds (then a moment to stop); the last writes are bounded by the
+        sink's own timeouts (Redis: 2 s a call)."""
         deadline = time.monotonic() + timeout
         for _ in self._threads:
             self._jobs.put(None)  # after the queued jobs: each thread stops when it reaches one
@@ -149,12 +153,12 @@ class ShadowLog:
         for _, options in list(self._running.values()):
             options.terminate = True
         await asyncio.to_thread(_join, self._threads, time.monotonic() + STOP_GRACE_S)
+        # The writer finishes the write it is in (cancelled, it could not know whether the
+        # batch was written); then one last flush, bounded by the sinks' own timeouts.
+        self._stopping.set()
         if self._writer is not None:
-            self._writer.cancel()
-            await asyncio.gather(self._writer, return_exceptions=True)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
-                await self._flush()
+            await self._writer
+        await self._flush()
         for model, record in self._buffer:
             self._metrics.shadow_record(model, record["shadow_variant"], "dropped")
         await self._sink.close()
@@ -232,9 +236,11 @@ class ShadowLog:
                 self._buffer.append((job.model, record))
 
     async def _write_forever(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             ok = await self._flush()
-            await asyncio.sleep(FLUSH_INTERVAL_S if ok else RETRY_INTERVAL_S)
+            with contextlib.suppress(TimeoutError):
+                pause = FLUSH_INTERVAL_S if ok else RETRY_INTERVAL_S
+                await asyncio.wait_for(self._stopping.wait(), pause)
 
     async def _flush(self) -> bool:
         self._collect()

@@ -173,3 +173,4 @@ async def test_stopping_writes_or_counts_every_shadow_run(
     assert count("dropped") > 0  # the test would not test the deadline otherwise
     lines = (tmp_path / "data" / "shadow" / "iris.jsonl").read_text().splitlines()
     assert len(lines) == count("logged") + count("error")  # stopped runs leave an error record
+    assert len({json.loads(line)["request_id"] for line in lines}) == len(lines)  # each once
