@@ -132,7 +132,9 @@ class Settings(_Frozen):
         description="Runs expected to be shorter stay on the event loop (no thread hand-off); "
         "0 sends every run to a thread.",
     )
-    shadow_concurrency: int = Field(default=1, gt=0, description="Shadow runs in parallel.")
+    shadow_concurrency: int = Field(
+        default=1, gt=0, description="Shadow threads (background priority), each one run at once."
+    )
     access_log: bool = Field(default=False, description="Write one JSON line per request.")
     admin_token: SecretStr | None = Field(
         default=None, description="Bearer token of the admin API; unset or empty turns it off."
