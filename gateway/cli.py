@@ -59,7 +59,7 @@ def serve(args: argparse.Namespace) -> int:
         "log_level": args.log_level,
         "access_log": False,  # our own access log is in the app (settings.access_log)
         "server_header": False,  # no need to tell the world which server we run
-        "http": GatewayHttpProtocol,  # uvicorn's httptools protocol, one write per response
+        "http": GatewayHttpProtocol,  # uvicorn's httptools protocol, writes batched when busy
         "timeout_graceful_shutdown": 10,
         "log_config": _log_config(args.log_level),
     }

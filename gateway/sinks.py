@@ -7,6 +7,7 @@ event loop does not wait for a whole batch.
 """
 
 import asyncio
+from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,10 +17,12 @@ import redis
 from gateway.shadow import Record, background_priority, yield_gil
 
 STREAM_KEY = "gateway:shadow:{model}"
-REDIS_CHUNK = 20  # XADDs per pipeline: packing one costs ~10 µs of Python holding the GIL
+# XADDs per pipeline: building and packing one record's command is ~20 µs of Python holding the
+# GIL, and a woken event loop may have to wait for a whole chunk (the socket I/O lets go of it).
+REDIS_CHUNK = 5
 
 
-class _BackgroundSink:
+class _BackgroundSink(ABC):
     """Runs `_append` for each batch on one background-priority thread."""
 
     def __init__(self, name: str) -> None:
@@ -30,8 +33,9 @@ class _BackgroundSink:
     async def write(self, records: list[tuple[str, Record]]) -> None:
         await asyncio.get_running_loop().run_in_executor(self._thread, self._append, records)
 
+    @abstractmethod
     def _append(self, records: list[tuple[str, Record]]) -> None:
-        raise NotImplementedError
+        """Encode and write one batch (on the sink's thread); raise if it was not written."""
 
     async def close(self) -> None:
         self._thread.shutdown(wait=True)
@@ -40,8 +44,8 @@ class _BackgroundSink:
 class RedisStreamSink(_BackgroundSink):
     """One capped stream per model, written with pipelined `XADD ... MAXLEN ~`.
 
-    A failed batch is retried whole, so an outage in the middle of one may log some records
-    twice (each has its `request_id`); none is lost while the buffer holds it.
+    A failed batch is retried whole, so an outage in the middle of one may log its first chunks
+    twice (each record has its `request_id`); none is lost while the buffer holds it.
     """
 
     def __init__(self, url: str, maxlen: int) -> None:
