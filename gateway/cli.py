@@ -67,9 +67,12 @@ def serve(args: argparse.Namespace) -> int:
         uvicorn.run(create_app(settings, repository), **options)
         return 0
     # Workers are separate processes: they read the config path from the environment, and
-    # share their metrics through a fresh directory per run (gateway.metrics).
+    # share their metrics through files they map in memory, in a fresh directory per run
+    # (gateway.metric_values). On tmpfs, when there is one: nothing is ever written back to a
+    # disk, so a write on the request path can never wait for one.
     os.environ["GATEWAY_CONFIG"] = str(settings.config_path)
-    metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+    shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-", dir=shm)
     os.environ[METRICS_DIR_ENV] = metrics_dir
     try:
         uvicorn.run("gateway.http.app:app_from_env", factory=True, workers=args.workers, **options)

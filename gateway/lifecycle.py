@@ -44,7 +44,6 @@ class Gateway:
     ) -> None:
         self.settings = settings
         self.metrics = Metrics(registry, os.environ.get(METRICS_DIR_ENV))
-        self._snapshots: asyncio.Task[None] | None = None
         self._preloaded = repository
         self._redis: aioredis.Redis | None = None
         self._reload_lock = asyncio.Lock()
@@ -81,8 +80,6 @@ class Gateway:
         if settings.access_log:
             self.access_log = AccessLog()
             self.access_log.start()
-        if self.metrics.shared:
-            self._snapshots = asyncio.create_task(self._write_snapshots())
         self.service.ready = True
         return self.service
 
@@ -93,20 +90,8 @@ class Gateway:
         await self.control.stop()
         await self.shadow_log.close()
         self.runner.close()
-        if self._snapshots is not None:
-            self._snapshots.cancel()
-            self.metrics.write_snapshot()  # the last counts, shadow records included
         if self._redis is not None:
             await self._redis.aclose()
-
-    async def _write_snapshots(self) -> None:
-        """Share this worker's metrics with the others' /metrics, once a second."""
-        while True:
-            await asyncio.sleep(1.0)
-            try:
-                self.metrics.write_snapshot()
-            except OSError as exc:
-                log.warning("cannot write metrics for the other workers: %s", exc)
 
     async def reload(self, announce: bool = True) -> list[str]:
         """Re-read the config file, load new or changed variants, then switch to them.

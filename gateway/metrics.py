@@ -1,28 +1,29 @@
-"""The gateway's Prometheus metrics (CONTRACT §6): recorded in plain Python, exposed as a collector.
+"""The gateway's Prometheus metrics (README, "Metrics and logs"), recorded in shared memory.
 
 prometheus-client's own Counter and Histogram take a lock and walk the buckets in Python on every
 observation: about 70 Python lines and 7 µs a request, a tenth of a small model's request. Here a
-request costs a dict lookup, a bisect and a few adds. Every recording method runs on the event
-loop's thread (the request path, the shadow log and the routing watch all live there), so no lock
-is needed. prometheus-client still writes the exposition format: `Metrics` is a collector of the
-registry /metrics reads, and builds its metric families at scrape time.
+request costs a dict lookup, a bisect and a few adds into slots of doubles that live in shared
+memory (`gateway.metric_values`). Every recording method runs on the event loop's thread (the
+request path, the shadow log and the routing watch all live there), so no lock is needed.
+prometheus-client still writes the exposition format: `Metrics` is a collector of the registry
+/metrics reads, and builds its metric families at scrape time.
 
-With several workers (`METRICS_DIR_ENV` names a fresh directory per run), every worker writes its
-counters and histograms to `<dir>/<pid>.json` each second and when it stops; /metrics adds the
-other workers' files to its own live values. Counters and histograms are sums over all workers,
-the others' part at most a second old; a stopped worker's counts stay in the sum, so counters
-never go down. The in-flight gauge sums the workers still running. Routing gauges are the
-scraping worker's own: every worker follows the same routing, so that is the current value.
+With several workers (`METRICS_DIR_ENV` names a fresh directory per run), a scrape adds up every
+worker's slots as they are at that moment, dead workers' included: the sum is exact, and a
+counter never goes down, whichever worker answers. The in-flight gauge sums the workers still
+running; `gateway_routing_stale` is 1 while any running worker serves routing that Redis has not
+confirmed. Routing gauges are the scraping worker's own: every worker follows the same routing,
+so that is the current value.
 """
 
-import contextlib
+import logging
 import os
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from time import time
 from typing import NamedTuple
 
-import orjson
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -32,77 +33,114 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 
+from gateway.metric_values import Labels, PeerValues, Slot, WorkerValues, find_peers, running
 from gateway.routing.state import RoutingState
+
+log = logging.getLogger(__name__)
 
 METRICS_DIR_ENV = "GATEWAY_METRICS_DIR"
 
-# From 100 µs to 10 s (CONTRACT §6), about three buckets a decade.
+# From 100 µs to 10 s (README, "Metrics and logs"), about three buckets a decade.
 BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 _LE = [*map(floatToGoString, BUCKETS), "+Inf"]
+# A histogram's slot: one count per bucket (+Inf last), then the sum of the observations. The
+# model-run histogram's slot goes on with what Triton's statistics read and /metrics does not:
+# the batch rows run, and when the last run ended (seconds since the epoch).
+_SUM = len(BUCKETS) + 1
+_ROWS, _LAST = _SUM + 1, _SUM + 2
 
-Labels = tuple[str, ...]
-Series = dict[Labels, list[float]]
-
-
-class Peer(NamedTuple):
-    """Another worker's counts, as it last wrote them."""
-
-    pid: int
-    inflight: int
-    series: dict[str, Series]  # family name -> its series
+Totals = dict[Labels, list[float]]
 
 
 class Family:
-    """One counter or histogram: a list of numbers per label tuple.
+    """One counter or histogram: a slot of doubles per label tuple, in shared memory.
 
-    A counter's list is [value]; a histogram's is one count per bucket (the last is +Inf, counted
-    apart, not cumulative) followed by the sum of the observations.
+    A counter's slot starts with its value, a histogram's with its buckets and sum (`_SUM`);
+    `extra` columns may follow, not exported. Workers' slots add up, except the `latest` last
+    columns, whose maximum is kept.
     """
 
-    def __init__(self, name: str, documentation: str, labels: list[str], histogram: bool) -> None:
+    def __init__(
+        self,
+        values: WorkerValues,
+        name: str,
+        documentation: str,
+        labels: list[str],
+        histogram: bool,
+        extra: int = 0,
+        latest: int = 0,
+    ) -> None:
         self.name = name
         self.documentation = documentation
         self.labels = labels
         self.histogram = histogram
-        self.series: Series = {}
+        self.width = (_SUM + 1 if histogram else 1) + extra
+        self._added = self.width - latest  # columns before this one add up
+        self._values = values
+        self.series: dict[Labels, Slot] = {}
+
+    def slot(self, labels: Labels) -> Slot:
+        """The slot of `labels`, made (all zeros) on first use."""
+        series = self.series.get(labels)
+        if series is None:
+            series = self.series[labels] = self._values.slot(self.name, labels, self.width)
+        return series
 
     def inc(self, labels: Labels) -> None:
         series = self.series.get(labels)
         if series is None:
-            series = self.series[labels] = [0.0]
+            series = self.slot(labels)
         series[0] += 1
 
     def observe(self, labels: Labels, value: float) -> None:
         series = self.series.get(labels)
         if series is None:
-            series = self.series[labels] = [0.0] * (len(BUCKETS) + 2)
+            series = self.slot(labels)
         series[bisect_left(BUCKETS, value)] += 1  # the first bucket whose bound is >= value
-        series[-1] += value
+        series[_SUM] += value
 
-    def metric(self, others: Iterable[Series]) -> Metric:
-        """This family as prometheus-client exposes it, with other workers' series added."""
-        total = {labels: list(values) for labels, values in self.series.items()}
-        for series in others:
-            for labels, values in series.items():
-                mine = total.setdefault(labels, [0.0] * len(values))
-                for i, value in enumerate(values):
-                    mine[i] += value
+    def mine(self) -> Totals:
+        """This worker's values."""
+        return {labels: list(series) for labels, series in self.series.items()}
+
+    def merge(self, totals: Totals, labels: Labels, values: Sequence[float]) -> None:
+        """Add another worker's values of one series to `totals`."""
+        values = [*values[: self.width], *[0.0] * (self.width - len(values))]
+        total = totals.setdefault(labels, [0.0] * self.width)
+        for i, value in enumerate(values):
+            total[i] = total[i] + value if i < self._added else max(total[i], value)
+
+    def metric(self, totals: Totals) -> Metric:
+        """This family as prometheus-client exposes it."""
         if not self.histogram:
             counter = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
-            for labels, (value,) in total.items():
-                counter.add_metric(labels, value)
+            for labels, values in totals.items():
+                counter.add_metric(labels, values[0])
             return counter
         histogram = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
-        for labels, values in total.items():
+        for labels, values in totals.items():
             cumulative, buckets = 0.0, []
-            for le, count in zip(_LE, values[:-1], strict=True):
+            for le, count in zip(_LE, values[:_SUM], strict=True):
                 cumulative += count
                 buckets.append((le, cumulative))
-            histogram.add_metric(labels, buckets, sum_value=values[-1])
+            histogram.add_metric(labels, buckets, sum_value=values[_SUM])
         return histogram
+
+
+class VariantStats(NamedTuple):
+    """One variant's answers and model runs, summed over workers (for Triton's statistics)."""
+
+    success: int = 0  # answers with status 200
+    success_seconds: float = 0.0
+    fail: int = 0  # answers with any other status
+    fail_seconds: float = 0.0
+    runs: int = 0  # model runs for callers (shadow runs are not counted)
+    run_seconds: float = 0.0
+    rows: int = 0  # batch rows of those runs
+    last_run: float = 0.0  # when the last run ended, seconds since the epoch; 0: never
 
 
 class Metrics:
@@ -110,45 +148,84 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry, directory: str | None = None) -> None:
         self.registry = registry
+        self._run_directory = None if directory is None else Path(directory)
+        values = self._values = WorkerValues(self._run_directory)
         self.requests = Family(
-            "gateway_requests", "Inference requests answered, by HTTP status code.",
+            values, "gateway_requests", "Inference requests answered, by HTTP status code.",
             ["model", "variant", "role", "code"], histogram=False,
+            extra=1,  # the answers' total duration, for Triton's success and fail statistics
         )  # fmt: skip
         self.request_duration = Family(
-            "gateway_request_duration_seconds", "Whole request inside the gateway.",
+            values, "gateway_request_duration_seconds", "Whole request inside the gateway.",
             ["model", "variant", "role"], histogram=True,
         )  # fmt: skip
         self.inference_duration = Family(
-            "gateway_inference_duration_seconds", "The model run alone.",
-            ["model", "variant"], histogram=True,
+            values, "gateway_inference_duration_seconds", "The model run alone.",
+            ["model", "variant"], histogram=True, extra=2, latest=1,  # _ROWS, _LAST
         )  # fmt: skip
         self.shadow_records = Family(
-            "gateway_shadow_records", "Shadow records by outcome: logged, dropped or error.",
+            values, "gateway_shadow_records",
+            "Shadow records by outcome: logged, dropped or error.",
             ["model", "variant", "outcome"], histogram=False,
         )  # fmt: skip
         self.shadow_comparisons = Family(
-            "gateway_shadow_comparisons", "Shadow answers compared with live answers.",
+            values, "gateway_shadow_comparisons", "Shadow answers compared with live answers.",
             ["model", "variant", "agree"], histogram=False,
         )  # fmt: skip
         self.families = [
             self.requests, self.request_duration, self.inference_duration,
             self.shadow_records, self.shadow_comparisons,
         ]  # fmt: skip
-        self.inflight = 0  # inference requests being handled now
+        self._gauges = values.gauges  # in-flight requests, routing stale
+        # observe_request's slots by its own arguments: one lookup, no label strings to build.
+        self._request_slots: dict[tuple[str, str, str, int], tuple[Slot, Slot]] = {}
+        self._peers: dict[str, PeerValues] = {}
         self._routing: dict[str, tuple[RoutingState, list[str]]] = {}
-        self._directory = None if directory is None else Path(directory)
         registry.register(self)  # a collector needs only collect()
+
+    @property
+    def inflight(self) -> float:
+        """Inference requests this worker is handling now."""
+        return self._gauges[0]
+
+    @inflight.setter
+    def inflight(self, value: float) -> None:
+        self._gauges[0] = value
+
+    @property
+    def routing_stale(self) -> bool:
+        """Whether this worker serves last-known routing it could not confirm with Redis."""
+        return self._gauges[1] != 0.0
+
+    @routing_stale.setter
+    def routing_stale(self, stale: bool) -> None:
+        self._gauges[1] = 1.0 if stale else 0.0
 
     def observe_request(
         self, model: str, variant: str, role: str, code: int, seconds: float
     ) -> None:
         """Count one answered inference request and its duration."""
-        self.requests.inc((model, variant, role, str(code)))
-        self.request_duration.observe((model, variant, role), seconds)
+        slots = self._request_slots.get((model, variant, role, code))
+        if slots is None:
+            slots = self._request_slots[(model, variant, role, code)] = (
+                self.requests.slot((model, variant, role, str(code))),
+                self.request_duration.slot((model, variant, role)),
+            )
+        count, duration = slots
+        count[0] += 1
+        count[1] += seconds
+        duration[bisect_left(BUCKETS, seconds)] += 1
+        duration[_SUM] += seconds
 
-    def observe_inference(self, model: str, variant: str, seconds: float) -> None:
-        """Record how long one model run took."""
-        self.inference_duration.observe((model, variant), seconds)
+    def observe_inference(self, model: str, variant: str, seconds: float, rows: int = 1) -> None:
+        """Record one model run for a caller: how long it took, and its batch rows."""
+        series = self.inference_duration.series.get((model, variant))
+        if series is None:
+            series = self.inference_duration.slot((model, variant))
+        series[bisect_left(BUCKETS, seconds)] += 1
+        series[_SUM] += seconds
+        series[_ROWS] += rows
+        series[_LAST] = time()
 
     def shadow_record(self, model: str, variant: str, outcome: str) -> None:
         self.shadow_records.inc((model, variant, outcome))
@@ -162,51 +239,65 @@ class Metrics:
 
     def collect(self) -> Iterator[Metric]:
         """Every family, summed over workers; called by the registry at each scrape."""
-        peers = self._peers()
+        peers = self._read_peers()
+        totals = self._totals(peers)
         for family in self.families:
-            yield family.metric(peer.series.get(family.name, {}) for peer in peers)
+            yield family.metric(totals[family.name])
         yield from self._routing_gauges()
+        gauges = [peer.gauges() for peer in _running(peers)]
         inflight = GaugeMetricFamily(
             "gateway_inflight_requests", "Inference requests being handled now."
         )
-        inflight.add_metric([], self.inflight + sum(p.inflight for p in peers if _running(p.pid)))
+        inflight.add_metric([], self.inflight + sum(inflight for inflight, _ in gauges))
         yield inflight
+        stale = GaugeMetricFamily(
+            "gateway_routing_stale",
+            "1 while a worker serves last-known routing it could not confirm with Redis.",
+        )
+        stale.add_metric([], 1 if self.routing_stale or any(s for _, s in gauges) else 0)
+        yield stale
 
-    @property
-    def shared(self) -> bool:
-        """Whether this worker shares its metrics with other workers."""
-        return self._directory is not None
+    def variant_stats(self) -> dict[tuple[str, str], VariantStats]:
+        """Answers and model runs by (model, variant), summed over workers, dead ones included."""
+        totals = self._totals(self._read_peers())
+        stats: dict[tuple[str, str], VariantStats] = {}
+        for (model, variant, _, code), (count, seconds) in totals[self.requests.name].items():
+            old = stats.get((model, variant), VariantStats())
+            if code == "200":
+                new = old._replace(success=old.success + int(count),
+                                   success_seconds=old.success_seconds + seconds)  # fmt: skip
+            else:
+                new = old._replace(fail=old.fail + int(count),
+                                   fail_seconds=old.fail_seconds + seconds)  # fmt: skip
+            stats[(model, variant)] = new
+        for (model, variant), values in totals[self.inference_duration.name].items():
+            stats[(model, variant)] = stats.get((model, variant), VariantStats())._replace(
+                runs=int(sum(values[:_SUM])), run_seconds=values[_SUM],
+                rows=int(values[_ROWS]), last_run=values[_LAST],
+            )  # fmt: skip
+        return stats
 
-    def write_snapshot(self) -> None:
-        """Write this worker's counts where the other workers' /metrics read them."""
-        if self._directory is None:
-            return
-        snapshot = {
-            "pid": os.getpid(),
-            "inflight": self.inflight,
-            "series": {f.name: [[*labels, values] for labels, values in f.series.items()]
-                       for f in self.families},
-        }  # fmt: skip
-        path = self._directory / f"{os.getpid()}.json"
-        temporary = path.with_suffix(".tmp")
-        temporary.write_bytes(orjson.dumps(snapshot))
-        temporary.replace(path)  # atomic: a reader sees the old file or the new one
-
-    def _peers(self) -> list[Peer]:
-        if self._directory is None:
+    def _read_peers(self) -> list[PeerValues]:
+        if self._run_directory is None:
             return []
-        peers = []
-        for path in self._directory.glob("*.json"):
-            if path.stem == str(os.getpid()):
-                continue  # our own live values are newer than our file
-            with contextlib.suppress(OSError, ValueError, KeyError):  # not a worker's snapshot
-                snapshot = orjson.loads(path.read_bytes())
-                series = {
-                    name: {tuple(row[:-1]): row[-1] for row in rows}
-                    for name, rows in snapshot["series"].items()
-                }
-                peers.append(Peer(snapshot["pid"], snapshot["inflight"], series))
-        return peers
+        try:
+            find_peers(self._run_directory, self._peers, self._values.directory)
+        except OSError as exc:  # the run directory is gone: the server is stopping
+            log.warning("cannot list the other workers' metrics: %s", exc)
+        return list(self._peers.values())
+
+    def _totals(self, peers: list[PeerValues]) -> dict[str, Totals]:
+        totals = {family.name: family.mine() for family in self.families}
+        families = {family.name: family for family in self.families}
+        for peer in peers:
+            try:
+                for name, labels, values in peer.series():
+                    family = families.get(name)
+                    if family is not None:
+                        family.merge(totals[name], labels, values)
+            except (OSError, ValueError) as exc:
+                log.warning("cannot read the metrics of worker %d: %s", peer.pid, exc)
+        return totals
 
     def _routing_gauges(self) -> Iterator[Metric]:
         labels = ["model", "variant"]
@@ -231,9 +322,10 @@ class Metrics:
         yield from (weight, live, revision)
 
 
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    return True
+def _running(peers: list[PeerValues]) -> list[PeerValues]:
+    """The peers still running: of the directories of one pid, only the newest can be."""
+    newest: dict[int, PeerValues] = {}
+    for peer in peers:
+        if peer.pid not in newest or peer.generation > newest[peer.pid].generation:
+            newest[peer.pid] = peer
+    return [peer for pid, peer in newest.items() if pid != os.getpid() and running(pid)]

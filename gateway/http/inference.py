@@ -88,9 +88,9 @@ class InferenceEndpoint:
             log.exception("unexpected error on POST %s", scope["path"])
             status, payload, content = 500, _error(INTERNAL_ERROR), JSON
             request_id = request_id or new_request_id()
-        await _send(send, status, payload, [*content, *_route_headers(route, request_id)])
-        if route is not None:
+        if route is not None:  # counted before the answer leaves, so a scrape after it sees it
             self._record(app, model, route, status, request_id, time.perf_counter() - started)
+        await _send(send, status, payload, [*content, *_route_headers(route, request_id)])
 
     async def _answer(
         self,

@@ -1,12 +1,14 @@
 """/metrics of a real gateway, read with prometheus_client's parser, with 1 and 2 workers."""
 
+import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import ADMIN, GatewayProcess, iris_body, wait_until
+from support import ADMIN, GatewayProcess, RedisServer, iris_body, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -21,6 +23,7 @@ EXPECTED = {
     "gateway_live_variant": ("gauge", {"model", "variant"}),
     "gateway_routing_revision": ("gauge", {"model"}),
     "gateway_inflight_requests": ("gauge", set()),
+    "gateway_routing_stale": ("gauge", set()),
 }
 
 
@@ -48,7 +51,7 @@ def test_every_metric_with_counts_that_match(
     write_config: Callable[..., Path],
     start_gateway: Callable[..., GatewayProcess],
 ) -> None:
-    """Every §6 metric has its type and labels; counts equal what was sent per variant (summed over workers)."""
+    """Every metric has its type and labels; counts equal what was sent per variant (summed over workers)."""
     overrides = {}
     if workers > 1:
         overrides["redis_url"] = request.getfixturevalue("redis_server").url
@@ -78,13 +81,8 @@ def test_every_metric_with_counts_that_match(
         request_key("blue", "live", "400"): 3,
     }
 
-    def counted() -> dict[str, object] | None:
-        # Other workers' counts reach /metrics within a second (their snapshot period).
-        families = scrape(gateway)
-        requests = samples(families["gateway_requests"], "_total")
-        return families if requests == expected_requests else None
-
-    families = wait_until(counted, timeout=10)
+    families = scrape(gateway)  # every worker's counts, exact at once
+    assert samples(families["gateway_requests"], "_total") == expected_requests
     for name, (kind, labels) in EXPECTED.items():
         assert families[name].type == kind, name  # type: ignore[attr-defined]
         for sample in families[name].samples:  # type: ignore[attr-defined]
@@ -108,8 +106,91 @@ def test_every_metric_with_counts_that_match(
     )
     assert len([k for k in live if ("model", "iris") in k]) == 5  # a series for every variant
     assert samples(families["gateway_inflight_requests"]) == {(): 0.0}
+    assert samples(families["gateway_routing_stale"]) == {(): 0.0}
     shadow = samples(scrape(gateway)["gateway_shadow_records"], "_total")
     assert (
         shadow.get((("model", "iris"), ("outcome", "logged"), ("variant", "mlp")), 0)
         <= sent["blue"]
     )
+
+
+Counters = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def counters(gateway: GatewayProcess) -> Counters:
+    """Every sample that only ever grows: counters, and histograms' buckets, counts and sums."""
+    with httpx.Client(limits=httpx.Limits(max_keepalive_connections=0)) as client:
+        text = client.get(f"{gateway.url}/metrics").text  # a fresh connection: any worker
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        if family.type in ("counter", "histogram")
+        for sample in family.samples
+    }
+
+
+def worker_pids(gateway: GatewayProcess) -> set[int]:
+    """uvicorn's worker processes: the server's children that multiprocessing spawned."""
+    pid = gateway.process.pid
+    children = " ".join(p.read_text() for p in Path(f"/proc/{pid}/task").glob("*/children"))
+    return {
+        int(child)
+        for child in children.split()
+        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()  # not resource_tracker
+    }
+
+
+def test_two_workers_count_exactly_and_never_go_down_across_a_worker_kill(
+    redis_server: RedisServer,
+    write_config: Callable[..., Path],
+    start_gateway: Callable[..., GatewayProcess],
+) -> None:
+    """With 2 workers every scrape (each on a fresh connection, so either worker answers) counts
+    exactly the requests answered so far and no counter goes down; after a worker is SIGKILLed
+    and restarted by uvicorn, its counts are still in the sum."""
+    gateway = start_gateway(write_config(redis_url=redis_server.url), workers=2)
+    answered = {"200": 0, "400": 0}
+    previous: Counters = {}
+
+    def rounds(count: int) -> None:
+        nonlocal previous
+        for _ in range(count):
+            for _ in range(3):  # httpx.post: a fresh connection each, to either worker
+                assert (
+                    httpx.post(f"{gateway.url}/v2/models/iris/infer", json=iris_body()).status_code
+                    == 200
+                )
+            assert (
+                httpx.post(f"{gateway.url}/v2/models/iris/infer", content=b"{").status_code == 400
+            )
+            answered["200"] += 3
+            answered["400"] += 1
+            for _ in range(6):
+                now = counters(gateway)
+                for code, sent in answered.items():
+                    assert (
+                        now[("gateway_requests_total", request_key("blue", "live", code))] == sent
+                    )
+                blue = (("model", "iris"), ("role", "live"), ("variant", "blue"))
+                assert now[("gateway_request_duration_seconds_count", blue)] == sum(
+                    answered.values()
+                )
+                runs = (("model", "iris"), ("variant", "blue"))
+                assert now[("gateway_inference_duration_seconds_count", runs)] == answered["200"]
+                went_down = {
+                    key: (value, now.get(key))
+                    for key, value in previous.items()
+                    if now.get(key, 0.0) < value
+                }
+                assert not went_down
+                previous = now
+
+    rounds(20)
+    workers = worker_pids(gateway)
+    assert len(workers) == 2
+    killed = min(workers)
+    os.kill(killed, signal.SIGKILL)
+    started = "Application startup complete."
+    wait_until(lambda: killed not in (pids := worker_pids(gateway)) and len(pids) == 2, timeout=20)
+    wait_until(lambda: gateway.output().count(started) == 3, timeout=20)  # the new one serves
+    rounds(20)

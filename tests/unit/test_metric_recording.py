@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -83,56 +84,126 @@ import sys
 from prometheus_client import CollectorRegistry
 from gateway.metrics import Metrics
 
-directory, requests, inflight = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-metrics = Metrics(CollectorRegistry(), directory)
-for _ in range(requests):
-    metrics.observe_request("iris", "blue", "live", 200, 0.001)
-metrics.shadow_record("iris", "green", "logged")
-metrics.inflight = inflight
-metrics.write_snapshot()
-print("written", flush=True)
-sys.stdin.read()  # run until the test closes our stdin
+metrics = Metrics(CollectorRegistry(), sys.argv[1])
+for line in sys.stdin:  # "requests inflight stale": record, then say so; stdin closed: exit
+    requests, inflight, stale = map(int, line.split())
+    for _ in range(requests):
+        metrics.observe_request("iris", "blue", "live", 200, 0.001)
+    metrics.observe_inference("iris", "blue", 0.0005, rows=3)
+    metrics.shadow_record("iris", "green", "logged")
+    metrics.inflight, metrics.routing_stale = inflight, bool(stale)
+    print("recorded", flush=True)
 """
 
 
-def worker(directory: Path, requests: int, inflight: int) -> subprocess.Popen[str]:
-    """Another worker process that has written its counts and keeps running."""
-    process = subprocess.Popen(
-        [sys.executable, "-c", WORKER, str(directory), str(requests), str(inflight)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert process.stdout is not None and process.stdout.readline() == "written\n"
-    return process
+class Worker:
+    """Another worker process that records what the test tells it to, and keeps running."""
+
+    def __init__(self, directory: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(directory)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    def record(self, requests: int, inflight: int = 0, stale: bool = False) -> None:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(f"{requests} {inflight} {int(stale)}\n")
+        self.process.stdin.flush()
+        assert self.process.stdout.readline() == "recorded\n"
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.communicate()
+
+    def stop(self) -> None:
+        self.process.communicate()  # closes its stdin: it exits
 
 
-def test_workers_sum_counters_and_live_inflight(tmp_path: Path) -> None:
-    """With a shared directory, /metrics adds other workers' counts; a stopped worker's counts
-    stay in the sum (counters never go down) but its in-flight requests do not."""
-    running, stopped = worker(tmp_path, 5, 2), worker(tmp_path, 7, 3)
+KEY = (("code", "200"), ("model", "iris"), ("role", "live"), ("variant", "blue"))
+
+
+def requests_total(registry: CollectorRegistry) -> float:
+    return exported(registry, "gateway_requests")[("gateway_requests_total", KEY)]
+
+
+def test_workers_sum_at_once_dead_ones_included(tmp_path: Path) -> None:
+    """A scrape sees other workers' counts as soon as they are recorded, no snapshot period; a
+    killed worker's counts stay in the sum, its in-flight requests and staleness do not."""
+    running, killed = Worker(tmp_path), Worker(tmp_path)
     try:
-        stopped.kill()
-        stopped.communicate()
         registry = CollectorRegistry()
         metrics = Metrics(registry, str(tmp_path))
         metrics.observe_request("iris", "blue", "live", 200, 0.001)
         metrics.inflight = 1
-        key = (("code", "200"), ("model", "iris"), ("role", "live"), ("variant", "blue"))
-        assert exported(registry, "gateway_requests")[("gateway_requests_total", key)] == 13
+        running.record(5, inflight=2)
+        killed.record(7, inflight=3, stale=True)
+        assert requests_total(registry) == 13
+        assert exported(registry, "gateway_routing_stale") == {("gateway_routing_stale", ()): 1}
+        killed.kill()
+        running.record(4, inflight=2)
+        assert requests_total(registry) == 17
         durations = exported(registry, "gateway_request_duration_seconds")
-        assert durations[("gateway_request_duration_seconds_count", key[1:])] == 13
-        assert sum(exported(registry, "gateway_shadow_records").values()) == 2
+        assert durations[("gateway_request_duration_seconds_count", KEY[1:])] == 17
+        assert sum(exported(registry, "gateway_shadow_records").values()) == 3
         assert exported(registry, "gateway_inflight_requests") == {
             ("gateway_inflight_requests", ()): 1 + 2
         }
+        assert exported(registry, "gateway_routing_stale") == {("gateway_routing_stale", ()): 0}
     finally:
-        running.communicate()  # closes its stdin: it exits
+        running.stop()
 
 
-def test_a_worker_writes_its_counts_only_when_shared(tmp_path: Path) -> None:
+def test_routing_stale_is_this_worker_or_any_running_one(tmp_path: Path) -> None:
+    """gateway_routing_stale: 0 by default, 1 while this worker or another running one is stale."""
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, str(tmp_path))
+    stale = ("gateway_routing_stale", ())
+    assert not metrics.routing_stale and exported(registry, "gateway_routing_stale") == {stale: 0}
+    metrics.routing_stale = True
+    assert exported(registry, "gateway_routing_stale") == {stale: 1}
+    metrics.routing_stale = False
+    other = Worker(tmp_path)
+    try:
+        other.record(0, stale=True)
+        assert exported(registry, "gateway_routing_stale") == {stale: 1}
+        other.record(0, stale=False)
+        assert exported(registry, "gateway_routing_stale") == {stale: 0}
+    finally:
+        other.stop()
+
+
+def test_variant_stats_sum_answers_and_runs_over_workers(tmp_path: Path) -> None:
+    """Triton's statistics read: 200 answers apart from others, model runs, rows, last run."""
+    metrics = Metrics(CollectorRegistry(), str(tmp_path))
+    metrics.observe_request("iris", "blue", "live", 200, 0.25)
+    metrics.observe_request("iris", "blue", "canary", 200, 0.5)
+    metrics.observe_request("iris", "blue", "live", 400, 0.125)
+    metrics.observe_inference("iris", "blue", 0.0625, rows=2)
+    other = Worker(tmp_path)
+    try:
+        other.record(3)  # 3 answers of 1 ms, one run of 0.5 ms and 3 rows
+    finally:
+        other.stop()
+    stats = metrics.variant_stats()[("iris", "blue")]
+    assert (stats.success, stats.fail, stats.runs, stats.rows) == (5, 1, 2, 5)
+    assert stats.success_seconds == pytest.approx(0.753)
+    assert stats.fail_seconds == pytest.approx(0.125)
+    assert stats.run_seconds == pytest.approx(0.063)
+    assert stats.last_run == pytest.approx(time.time(), abs=60)
+    assert ("iris", "green") not in metrics.variant_stats()  # nothing answered: no entry
+
+
+def test_one_process_writes_no_files_and_a_reused_pid_gets_its_own_directory(
+    tmp_path: Path,
+) -> None:
+    """Without a directory the values are anonymous memory; with one, each Metrics (as each
+    worker, even one whose pid a dead worker had) gets its own `<pid>[.n]` directory."""
     alone = Metrics(CollectorRegistry())
-    assert not alone.shared
-    alone.write_snapshot()  # nowhere to write: nothing happens
-    shared = Metrics(CollectorRegistry(), str(tmp_path))
-    shared.observe_inference("mlp", "v1", 0.01)
-    shared.write_snapshot()
-    assert [p.name for p in tmp_path.iterdir()] == [f"{os.getpid()}.json"]
+    alone.observe_inference("mlp", "v1", 0.01)
+    first = Metrics(CollectorRegistry(), str(tmp_path))
+    first.observe_inference("mlp", "v1", 0.01)
+    second = Metrics(CollectorRegistry(), str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [str(os.getpid()), f"{os.getpid()}.1"]
+    assert sorted(p.name for p in (tmp_path / str(os.getpid())).iterdir()) == ["index", "values.0"]
+    name = "gateway_inference_duration_seconds"
+    assert exported(second.registry, name) == exported(first.registry, name)
