@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from gateway.errors import BadRequest, Unavailable
 from gateway.metrics import Metrics
 from gateway.routing import Route, RoutingTable, choose_variant, sample_shadows
-from gateway.runtime import ModelRepository, ModelSession, Runner
+from gateway.runtime import ModelRepository, ModelSession, Runner, batch_rows
 from gateway.shadow import ShadowJob, ShadowLog
 from gateway.types import InferRequest, InferResult
 
@@ -62,7 +62,8 @@ class InferenceService:
         session.validate(request.inputs)
         names = _output_names(session, request)
         outputs, elapsed = await self.runner.run(session, request.inputs, names, self.timeout)
-        self.metrics.observe_inference(session.model, route.variant, elapsed)
+        rows = batch_rows(request.inputs)
+        self.metrics.observe_inference(session.model, route.variant, elapsed, rows)
         result = InferResult(
             session.model, route.variant, route.role, route.revision, outputs, session.output_specs
         )

@@ -1,7 +1,14 @@
 """onnxruntime sessions: load, warm up, validate inputs, run off the event loop."""
 
 from gateway.runtime.repository import ModelRepository, load_repository
-from gateway.runtime.runner import Runner, run_checked
+from gateway.runtime.runner import Runner, batch_rows, run_checked
 from gateway.runtime.session import ModelSession
 
-__all__ = ["ModelRepository", "ModelSession", "Runner", "load_repository", "run_checked"]
+__all__ = [
+    "ModelRepository",
+    "ModelSession",
+    "Runner",
+    "batch_rows",
+    "load_repository",
+    "run_checked",
+]

@@ -37,7 +37,7 @@ class Runner:
         self, session: ModelSession, inputs: Outputs, output_names: list[str], timeout: float
     ) -> tuple[Outputs, float]:
         """The outputs and the run's own duration; InferenceTimeout after `timeout` seconds."""
-        rows = _rows(inputs)
+        rows = batch_rows(inputs)
         if session.expected_seconds(rows) < self.inline_below_s:
             return _timed_run(session, inputs, output_names, None, rows)
         options = ort.RunOptions()
@@ -89,7 +89,8 @@ def run_checked(
         raise BadRequest(f"the model failed on these inputs: {_first_line(exc)}") from None
 
 
-def _rows(inputs: Outputs) -> int:
+def batch_rows(inputs: Outputs) -> int:
+    """The batch rows of a request: its first input's first dimension (1 for a scalar)."""
     for array in inputs.values():
         return int(array.shape[0]) if array.ndim else 1
     return 1
