@@ -7,6 +7,7 @@ from starlette.routing import Route
 
 from gateway import __version__
 from gateway.errors import Unavailable
+from gateway.http import triton
 from gateway.http.inference import INFER, PREDICT, service_of
 from gateway.http.responses import json_response
 from gateway.service import InferenceService
@@ -17,8 +18,9 @@ def _service(request: Request) -> InferenceService:
 
 
 async def server_metadata(request: Request) -> Response:
+    extensions = ["binary_tensor_data", *triton.EXTENSIONS]
     return json_response(
-        {"name": "model-gateway", "version": __version__, "extensions": ["binary_tensor_data"]}
+        {"name": "model-gateway", "version": __version__, "extensions": extensions}
     )
 
 
@@ -73,6 +75,7 @@ ROUTES = [
     Route("/v2/models/{model}/infer", INFER, methods=["POST"]),
     Route("/v2/models/{model}/versions/{variant}/infer", INFER, methods=["POST"]),
     Route("/v1/models/{model}:predict", PREDICT, methods=["POST"]),
+    *triton.ROUTES,  # before /v2/models/{model}, which would take "stats" for a model's name
     Route("/v2", server_metadata, methods=["GET"]),
     Route("/v2/health/live", live, methods=["GET"]),
     Route("/v2/health/ready", ready, methods=["GET"]),
