@@ -2,6 +2,11 @@
 
 `Gateway.start` loads and warms the models (in a thread), connects the routing store, adopts the
 stored routing, starts the shadow log and the routing watch; only then is the service ready.
+
+With Redis down at start-up, a model is served at its last-known routing (kept under `data_dir`
+by every process that saw it; `gateway_routing_stale` is 1 until Redis confirms it), or, with
+none, the service stays not ready until Redis answers. The config file's routing only ever seeds
+an empty store (README, "Several workers and replicas").
 """
 
 import asyncio
@@ -14,7 +19,14 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from gateway.access_log import AccessLog
-from gateway.control import ControlPlane, EmbeddedStore, RedisStore, RoutingStore
+from gateway.control import (
+    ControlPlane,
+    EmbeddedStore,
+    HistoryEntry,
+    LastKnownRouting,
+    RedisStore,
+    RoutingStore,
+)
 from gateway.errors import ConfigError, Conflict, Unavailable
 from gateway.metrics import METRICS_DIR_ENV, Metrics
 from gateway.routing import RoutingState, RoutingTable
@@ -25,6 +37,8 @@ from gateway.shadow import ShadowLog, ShadowSink
 from gateway.sinks import JsonLinesSink, RedisStreamSink
 
 log = logging.getLogger(__name__)
+
+STORE_RETRY_S = 0.5  # how often routing that Redis has not confirmed asks it again
 
 
 class Gateway:
@@ -48,6 +62,9 @@ class Gateway:
         self._redis: aioredis.Redis | None = None
         self._reload_lock = asyncio.Lock()
         self.access_log: AccessLog | None = None
+        self._stale: dict[str, HistoryEntry] = {}  # served from last-known, until Redis confirms
+        self._unknown: dict[str, RoutingState] = {}  # no routing yet: the config's, to seed with
+        self._settling: asyncio.Task[None] | None = None
 
     async def start(self) -> InferenceService:
         settings = self.settings
@@ -59,7 +76,9 @@ class Gateway:
             repository = await asyncio.to_thread(load_repository, settings)
         self._preloaded = None
         table = RoutingTable({})
-        self.control = ControlPlane(store, table, self._variants, on_install=self._publish_routing)
+        self.control = ControlPlane(
+            store, table, self._variants, self._publish_routing, self._last_known()
+        )
         self.repository = repository
         await self._adopt_routing(_initial_states(settings))
         self.shadow_log = ShadowLog(
@@ -80,11 +99,15 @@ class Gateway:
         if settings.access_log:
             self.access_log = AccessLog()
             self.access_log.start()
-        self.service.ready = True
+        self._settle_routing()
         return self.service
 
     async def stop(self) -> None:
         self.service.ready = False
+        if self._settling is not None:
+            self._settling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._settling
         if self.access_log is not None:
             self.access_log.stop()
         await self.control.stop()
@@ -120,6 +143,7 @@ class Gateway:
             self._switch(settings, repository)
             new = {m: s for m, s in _initial_states(settings).items() if m not in current}
             await self._adopt_routing(new)
+            self._settle_routing()
             log.info("reloaded %s: serving %s", settings.config_path, sorted(repository.models))
             return sorted(repository.models)
 
@@ -154,9 +178,66 @@ class Gateway:
             try:
                 await self.control.adopt(model, state)
             except Unavailable as exc:
-                # Redis is down at start: serve the config's routing until the watch catches up.
-                log.warning("cannot read routing of %s, using the config for now: %s", model, exc)
-                self.control.install(model, state.at(0))
+                self._without_store(model, state, exc)
+
+    def _without_store(self, model: str, initial: RoutingState, exc: Unavailable) -> None:
+        """Serve the model's last-known routing until Redis confirms it; with none, nothing."""
+        memory, entry = self.control.last_known, self.control.recall(model)
+        if memory is None or entry is None:
+            self._unknown[model] = initial
+            log.warning(
+                "Redis is unreachable and %s has no last-known routing under %s: not ready "
+                "until Redis answers (%s)", model, self.settings.data_dir, exc,
+            )  # fmt: skip
+            return
+        self._stale[model] = entry
+        self.control.install(model, entry)
+        log.warning(
+            "Redis is unreachable: serving the last-known routing of %s, revision %d (%s), from "
+            "%s until Redis confirms it (%s)", model, entry.revision, entry.action,
+            memory.file(model), exc,
+        )  # fmt: skip
+
+    def _settle_routing(self) -> None:
+        """Show whether routing is confirmed (gauge) and known (readiness); while it is not,
+        ask Redis in the background until it answers."""
+        self.metrics.routing_stale = bool(self._stale)
+        self.service.ready = not self._unknown
+        if self._unknown:
+            self.service.unready_reason = (
+                f"the routing of {', '.join(sorted(self._unknown))} is unknown until Redis answers"
+            )
+        if (self._stale or self._unknown) and (self._settling is None or self._settling.done()):
+            self._settling = asyncio.create_task(self._await_store())
+
+    async def _await_store(self) -> None:
+        while self._stale or self._unknown:
+            try:
+                await self._confirm_routing()
+            except Unavailable:
+                await asyncio.sleep(STORE_RETRY_S)
+            except Exception:  # not Redis being down: say so, and keep trying
+                log.exception("cannot confirm the routing with Redis")
+                await asyncio.sleep(STORE_RETRY_S)
+
+    async def _confirm_routing(self) -> None:
+        """Confirm last-known routing with the store; adopt (or seed) routing still unknown."""
+        for model, served in list(self._stale.items()):
+            if model in self.repository.models:  # a reload may have dropped it meanwhile
+                stored = await self.control.confirm(model, served)
+                log.info(
+                    "Redis answers: routing of %s confirmed; stored revision %d, last-known %d",
+                    model, stored.revision, served.revision,
+                )  # fmt: skip
+            del self._stale[model]
+            self._settle_routing()
+        for model, initial in list(self._unknown.items()):
+            if model in self.repository.models:
+                await self.control.adopt(model, initial)
+                revision = self.service.table.get(model).revision
+                log.info("Redis answers: serving the routing of %s, revision %d", model, revision)
+            del self._unknown[model]
+            self._settle_routing()
 
     def _variants(self, model: str) -> Collection[str]:
         return self.repository.variants(model).keys()
@@ -164,6 +245,12 @@ class Gateway:
     def _publish_routing(self, model: str, state: RoutingState) -> None:
         variants = self.repository.models.get(model, {})
         self.metrics.set_routing(model, state, variants)
+
+    def _last_known(self) -> LastKnownRouting | None:
+        """Embedded mode keeps its whole store on local disk already."""
+        if self.settings.redis_url is None:
+            return None
+        return LastKnownRouting(self.settings.data_dir / "last-known")
 
     def _store(self) -> RoutingStore:
         if self.settings.redis_url is None:

@@ -6,7 +6,7 @@ called after the answer is known and never raise into the request.
 
 from collections.abc import Mapping
 
-from gateway.errors import BadRequest, Unavailable
+from gateway.errors import BadRequest, NotFound, Unavailable
 from gateway.metrics import Metrics
 from gateway.routing import Route, RoutingTable, choose_variant, sample_shadows
 from gateway.runtime import ModelRepository, ModelSession, Runner, batch_rows
@@ -35,10 +35,15 @@ class InferenceService:
         self.shadow_log = shadow_log
         self.timeout = timeout
         self.ready = False
+        self.unready_reason = "models are still loading"  # what a 503 says while not ready
 
     def route(self, model: str, headers: Mapping[bytes, bytes]) -> Route:
         """Choose the variant for a routed request (live or canary); `headers` as in ASGI."""
-        state = self.table.get(model)
+        try:
+            state = self.table.get(model)
+        except NotFound:
+            self._routing_unknown(model)
+            raise
         sticky = None
         if state.sticky_header is not None:
             value = headers.get(state.sticky_header.encode("latin-1"))
@@ -48,7 +53,17 @@ class InferenceService:
     def direct(self, model: str, variant: str) -> Route:
         """A route straight to one variant, bypassing routing (testing a green before a flip)."""
         self.repository.session(model, variant)
-        return Route(variant, DIRECT, self.table.get(model).revision)  # direct: no shadows
+        try:
+            state = self.table.get(model)
+        except NotFound:
+            self._routing_unknown(model)
+            raise
+        return Route(variant, DIRECT, state.revision)  # direct: no shadows
+
+    def _routing_unknown(self, model: str) -> None:
+        """503, not 404, for a served model whose routing is not known yet (Redis down)."""
+        if not self.ready and model in self.repository.models:
+            raise Unavailable(f"the gateway is not ready yet: {self.unready_reason}")
 
     def session(self, model: str, variant: str) -> ModelSession:
         return self.repository.session(model, variant)
@@ -58,7 +73,7 @@ class InferenceService:
     ) -> InferResult:
         """Run `request` on `session` (the variant of `route`); mirror it to sampled shadows."""
         if not self.ready:
-            raise Unavailable("the gateway is not ready yet: models are still loading")
+            raise Unavailable(f"the gateway is not ready yet: {self.unready_reason}")
         session.validate(request.inputs)
         names = _output_names(session, request)
         outputs, elapsed = await self.runner.run(session, request.inputs, names, self.timeout)

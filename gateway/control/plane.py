@@ -3,7 +3,8 @@
 Every change is computed from the store's current entry, not from this process's table, so
 workers and replicas never overwrite each other: the store's append is a compare-and-set on the
 revision. The changing process installs the new state at once; the others get it from the store's
-watch. Invalid changes raise before anything is written.
+watch. Invalid changes raise before anything is written. Each newer revision installed is also
+remembered on local disk (LastKnownRouting), for a start-up while the store is unreachable.
 """
 
 import asyncio
@@ -12,6 +13,7 @@ import logging
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import replace
 
+from gateway.control.last_known import LastKnownRouting
 from gateway.control.store import HistoryEntry, OnReload, RoutingStore
 from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.routing import Canary, RoutingState, RoutingTable, Shadow
@@ -31,11 +33,13 @@ class ControlPlane:
         table: RoutingTable,
         variants: Variants,
         on_install: Callable[[str, RoutingState], None] = lambda model, state: None,
+        last_known: LastKnownRouting | None = None,
     ) -> None:
         self.store = store
         self.table = table
         self._variants = variants
         self._on_install = on_install
+        self.last_known = last_known
         self._watch: asyncio.Task[None] | None = None
 
     async def start(self, initial: Mapping[str, RoutingState]) -> None:
@@ -55,6 +59,8 @@ class ControlPlane:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
         await self.store.close()
+        if self.last_known is not None:
+            await self.last_known.close()
 
     async def adopt(self, model: str, initial: RoutingState) -> None:
         """Serve the stored state of `model` (a restart is not a routing change) or store
@@ -72,15 +78,45 @@ class ControlPlane:
                 # Another worker or replica starting at the same time got there first.
                 entry = await self.store.current(model)
         if entry is not None:
-            self.install(model, entry.state)
+            self.install(model, entry)
 
-    def install(self, model: str, state: RoutingState) -> None:
-        """Make `state` the one requests read (ignored if not newer than the current one)."""
+    def recall(self, model: str) -> HistoryEntry | None:
+        """The model's last-known entry, if there is one and its variants are still loaded."""
+        entry = None if self.last_known is None else self.last_known.load(model)
+        if entry is not None and not self._valid(model, entry.state):
+            log.warning("last-known routing of %s names removed variants; not using it", model)
+            return None
+        return entry
+
+    async def confirm(self, model: str, served: HistoryEntry) -> HistoryEntry:
+        """Read the stored routing of a model served from `served` (its last-known entry) and
+        install it; a store that has none (it lost its data) gets `served` back as its head."""
+        entry = await self.store.current(model)
+        if entry is None:
+            try:
+                await self.store.append(model, served, expected=0)
+                entry = served
+                log.warning(
+                    "the routing store had no routing of %s: stored the last-known revision %d "
+                    "back", model, served.revision,
+                )  # fmt: skip
+            except Conflict:  # another worker or replica put one there first
+                entry = await self.store.current(model)
+        if entry is None:
+            return served
+        self.install(model, entry)
+        return entry
+
+    def install(self, model: str, entry: HistoryEntry) -> None:
+        """Make `entry`'s state the one requests read (ignored if not newer than the current)."""
         current = self.table.all().get(model)
+        state = entry.state
         if current is not None and state.revision <= current.revision:
             return
         self.table.install(model, state)
         self._on_install(model, state)
+        if self.last_known is not None:
+            self.last_known.remember(model, entry)
 
     async def history(self, model: str) -> list[HistoryEntry]:
         self.table.get(model)
@@ -166,8 +202,9 @@ class ControlPlane:
         # A store that lost its data (a Redis without persistence) continues from what we serve.
         base, expected = (entry.state, entry.revision) if entry else (local, 0)
         new = change(base).at(max(base.revision, local.revision) + 1)
-        await self.store.append(model, HistoryEntry.new(action, new), expected)
-        self.install(model, new)
+        head = HistoryEntry.new(action, new)
+        await self.store.append(model, head, expected)
+        self.install(model, head)
         log.info("routing of %s is now revision %d: %s", model, new.revision, action)
         return new
 

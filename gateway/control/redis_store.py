@@ -121,7 +121,7 @@ class RedisStore:
         for model in list(models()):
             entry = await self.current(model)
             if entry is not None:
-                on_change(model, entry.state)
+                on_change(model, entry)
 
     async def _call(self, awaitable: Any) -> Any:
         try:

@@ -7,7 +7,6 @@ from typing import Any, Protocol, Self
 
 from gateway.routing import RoutingState
 
-OnChange = Callable[[str, RoutingState], None]
 OnReload = Callable[[], Awaitable[None]]
 ModelNames = Callable[[], Iterable[str]]
 
@@ -41,6 +40,9 @@ class HistoryEntry:
             "time": self.time,
             "state": self.state.to_dict(),
         }
+
+
+OnChange = Callable[[str, HistoryEntry], None]
 
 
 class RoutingStore(Protocol):
