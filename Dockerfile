@@ -36,8 +36,8 @@ RUN groupadd --system --gid 10001 gateway \
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 # Models and config stay root-owned (read-only for the gateway); only data_dir is writable,
-# because embedded mode keeps routing history and the shadow log there (.gateway next to the
-# config file).
+# because embedded mode keeps routing history and the shadow log there, and with Redis each
+# model's last-known routing (.gateway next to the config file).
 COPY models/ ./models/
 COPY gateway.yaml ./
 RUN mkdir -p /app/.gateway && chown gateway:gateway /app/.gateway
