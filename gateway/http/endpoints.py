@@ -30,8 +30,11 @@ async def live(request: Request) -> Response:
 
 async def ready(request: Request) -> Response:
     service = request.app.service
-    is_ready = service is not None and service.ready
-    return json_response({"ready": is_ready}, 200 if is_ready else 503)
+    if service is None or not service.ready:
+        reason = "models are still loading" if service is None else service.unready_reason
+        message = f"the gateway is not ready yet: {reason}"
+        return json_response({"ready": False, "error": message}, 503)
+    return json_response({"ready": True})
 
 
 async def model_metadata(request: Request) -> Response:

@@ -98,8 +98,12 @@ def test_no_last_known_routing_stays_unready_until_redis_answers(
     try:
         with fresh_client(gateway.url) as client:
             wait_until(lambda: client.get("/v2/health/live").status_code == 200, timeout=60)
-            assert "no last-known routing of iris" in gateway.output()
-            assert client.get("/v2/health/ready").status_code == 503
+            assert "iris has no last-known routing" in gateway.output()
+            unready = client.get("/v2/health/ready")
+            assert unready.status_code == 503 and unready.json()["ready"] is False
+            assert (
+                "the routing of iris, mlp is unknown until Redis answers" in unready.json()["error"]
+            )
             for path in ("/v2/models/iris/infer", "/v2/models/iris/versions/blue/infer"):
                 refused = client.post(path, json=iris_body())
                 assert refused.status_code == 503, path
