@@ -2,6 +2,7 @@
 
 import argparse
 import copy
+import functools
 import os
 import shutil
 import sys
@@ -59,7 +60,13 @@ def serve(args: argparse.Namespace) -> int:
         "log_level": args.log_level,
         "access_log": False,  # our own access log is in the app (settings.access_log)
         "server_header": False,  # no need to tell the world which server we run
-        "http": GatewayHttpProtocol,  # uvicorn's httptools protocol, writes batched when busy
+        # uvicorn's httptools protocol: writes batched when busy, request heads bounded. Made
+        # with the limits by uvicorn in each worker (a partial survives the trip to workers).
+        "http": functools.partial(
+            GatewayHttpProtocol,
+            max_header_line_bytes=settings.max_header_line_bytes,
+            max_request_head_bytes=settings.max_request_head_bytes,
+        ),
         "timeout_graceful_shutdown": 10,
         "log_config": _log_config(args.log_level),
     }

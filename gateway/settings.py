@@ -120,6 +120,17 @@ class Settings(_Frozen):
     )
     request_timeout_s: float = Field(default=5.0, gt=0, description="Slower inference gets 504.")
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0, description="Larger bodies: 413.")
+    max_header_line_bytes: int = Field(
+        default=8 * 1024,
+        gt=0,
+        description="A request header whose name and value together are longer answers 431.",
+    )
+    max_request_head_bytes: int = Field(
+        default=64 * 1024,
+        gt=0,
+        description="A larger request head (request line and every header line) answers 431; "
+        "no more of it is read.",
+    )
     shadow_log_maxlen: int = Field(
         default=100_000, gt=0, description="Redis stream cap (MAXLEN ~)."
     )

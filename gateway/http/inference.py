@@ -11,7 +11,6 @@ import functools
 import itertools
 import logging
 import os
-import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -41,12 +40,13 @@ _ID_PREFIX = os.urandom(6).hex()
 _ID_COUNTER = itertools.count(1)
 
 
-# A body `id` is echoed in the x-request-id header only if it is safe there: visible ASCII.
-_SAFE_HEADER_VALUE = re.compile(r"[!-~]{1,256}")
-
-
+# A request id, from the x-request-id header or the body's `id`, is echoed in the x-request-id
+# header, the access log and the shadow log only if it is safe and short there: visible ASCII
+# (no space), at most 256 characters. Any other gets a generated id in its place.
 def _header_safe(value: str | None) -> str | None:
-    return value if value is not None and _SAFE_HEADER_VALUE.fullmatch(value) else None
+    if value and len(value) <= 256 and value.isascii() and value.isprintable() and " " not in value:
+        return value
+    return None
 
 
 def new_request_id() -> str:
@@ -69,7 +69,8 @@ class InferenceEndpoint:
         started = time.perf_counter()
         app = scope["app"]
         headers: Headers = dict(scope["headers"])  # ASGI gives names in lower case
-        request_id = headers.get(b"x-request-id", b"").decode("latin-1")
+        header_id = headers.get(b"x-request-id")
+        request_id = "" if header_id is None else (_header_safe(header_id.decode("latin-1")) or "")
         route: Route | None = None
         try:
             service = service_of(app)
