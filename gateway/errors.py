@@ -52,6 +52,12 @@ class PayloadTooLarge(GatewayError):
     status_code = 413
 
 
+class UnsupportedMediaType(GatewayError):
+    """The request body comes in a Content-Encoding the gateway cannot decode."""
+
+    status_code = 415
+
+
 class Unavailable(GatewayError):
     """Not ready yet, or the routing store (Redis) cannot be reached for a change."""
 

@@ -119,7 +119,11 @@ class Settings(_Frozen):
         default=Path(".gateway"), description="Embedded mode: routing state and shadow log."
     )
     request_timeout_s: float = Field(default=5.0, gt=0, description="Slower inference gets 504.")
-    max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0, description="Larger bodies: 413.")
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        gt=0,
+        description="Larger bodies answer 413, as sent or once decompressed (Content-Encoding).",
+    )
     max_header_line_bytes: int = Field(
         default=8 * 1024,
         gt=0,
@@ -130,6 +134,12 @@ class Settings(_Frozen):
         gt=0,
         description="A larger request head (request line and every header line) answers 431; "
         "no more of it is read.",
+    )
+    compress_above_bytes: int = Field(
+        default=1024,
+        ge=0,
+        description="Inference answers larger than this are compressed (gzip or deflate) when "
+        "the request's Accept-Encoding allows it; smaller ones are sent as they are.",
     )
     shadow_log_maxlen: int = Field(
         default=100_000, gt=0, description="Redis stream cap (MAXLEN ~)."

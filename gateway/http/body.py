@@ -1,20 +1,26 @@
-"""Reading request bodies within a size limit (CONTRACT §2: 413), straight from ASGI messages."""
+"""Reading request bodies within a size limit (CONTRACT §2: 413), straight from ASGI messages.
+
+A body sent with `Content-Encoding: gzip` or `deflate` is decoded here, and the limit holds for
+the decoded size too (gateway.http.compression).
+"""
 
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from gateway.errors import BadRequest, PayloadTooLarge
+from gateway.http.compression import decode_body, shown
 
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Headers = dict[bytes, bytes]  # raw ASGI header names (lower case) and values
 
 
 async def read_body(receive: Receive, headers: Headers, limit: int) -> bytes:
-    """The whole body, refused as soon as it is known to be over `limit` bytes."""
+    """The whole body, decoded as its Content-Encoding says; refused as soon as it is known
+    to be over `limit` bytes, as sent or decoded."""
     declared = headers.get(b"content-length")
     if declared is not None:
         if not declared.isdigit():
-            raise BadRequest(f"Content-Length {declared.decode('latin-1')!r} is not a number")
+            raise BadRequest(f"Content-Length {shown(declared.decode('latin-1'))} is not a number")
         if int(declared) > limit:
             raise _too_large(limit)
     chunks: list[bytes] = []
@@ -28,7 +34,9 @@ async def read_body(receive: Receive, headers: Headers, limit: int) -> bytes:
         if size > limit:
             raise _too_large(limit)
         if not message.get("more_body", False):
-            return b"".join([*chunks, chunk]) if chunks else chunk
+            body = b"".join([*chunks, chunk]) if chunks else chunk
+            coding = headers.get(b"content-encoding")
+            return body if coding is None else decode_body(body, coding, limit)
         chunks.append(chunk)
 
 

@@ -19,6 +19,7 @@ import orjson
 
 from gateway.errors import GatewayError, Unavailable
 from gateway.http.body import Headers, Receive, read_body
+from gateway.http.compression import encode_body, response_coding
 from gateway.http.responses import INTERNAL_ERROR
 from gateway.protocol import v1, v2
 from gateway.routing import Route
@@ -89,6 +90,9 @@ class InferenceEndpoint:
             log.exception("unexpected error on POST %s", scope["path"])
             status, payload, content = 500, _error(INTERNAL_ERROR), JSON
             request_id = request_id or new_request_id()
+        accept = headers.get(b"accept-encoding")
+        if accept is not None and len(payload) > app.settings.compress_above_bytes:
+            payload, content = _compressed(payload, content, accept)
         if route is not None:  # counted before the answer leaves, so a scrape after it sees it
             self._record(app, model, route, status, request_id, time.perf_counter() - started)
         await _send(send, status, payload, [*content, *_route_headers(route, request_id)])
@@ -123,6 +127,15 @@ class InferenceEndpoint:
         access_log = app.gateway.access_log
         if access_log is not None:
             access_log.record(request_id, model, route.variant, route.role, status, seconds)
+
+
+def _compressed(payload: bytes, content: RawHeaders, accept: bytes) -> tuple[bytes, RawHeaders]:
+    """The answer in the coding the client prefers (gzip or deflate), or as it is."""
+    coding = response_coding(accept)
+    if coding is None:
+        return payload, content
+    compressed = encode_body(payload, coding)
+    return compressed, [*content, (b"content-encoding", coding), (b"vary", b"accept-encoding")]
 
 
 def _error(message: str) -> bytes:
