@@ -116,7 +116,9 @@ class Settings(_Frozen):
         default=None, description="redis://host:port/db; null runs embedded (state in data_dir)."
     )
     data_dir: Path = Field(
-        default=Path(".gateway"), description="Embedded mode: routing state and shadow log."
+        default=Path(".gateway"),
+        description="Embedded mode: routing state and shadow log. With Redis: the last-known "
+        "routing, served by a process that starts while Redis is down.",
     )
     request_timeout_s: float = Field(default=5.0, gt=0, description="Slower inference gets 504.")
     max_body_bytes: int = Field(
