@@ -116,7 +116,10 @@ class PeerValues:
             data = file.read()
         complete = data.rfind(b"\n") + 1  # a line being written is read at the next scrape
         for line in data[:complete].splitlines():
-            family, labels, segment, offset, width = orjson.loads(line)
+            try:
+                family, labels, segment, offset, width = orjson.loads(line)
+            except ValueError:  # cut short by a full disk: that series only is not shared
+                continue
             self._entries.append((family, tuple(labels), segment, offset, width))
         self._parsed += complete
 

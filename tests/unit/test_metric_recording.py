@@ -207,3 +207,18 @@ def test_one_process_writes_no_files_and_a_reused_pid_gets_its_own_directory(
     assert sorted(p.name for p in (tmp_path / str(os.getpid())).iterdir()) == ["index", "values.0"]
     name = "gateway_inference_duration_seconds"
     assert exported(second.registry, name) == exported(first.registry, name)
+
+
+def test_a_broken_index_line_loses_that_series_only(tmp_path: Path) -> None:
+    """An index line cut short (a full disk) hides that one series; the worker's others count."""
+    other = Worker(tmp_path)
+    try:
+        other.record(2)
+        [directory] = [p for p in tmp_path.iterdir() if p.name == str(other.process.pid)]
+        with (directory / "index").open("ab") as index:
+            index.write(b'["gateway_requests", ["iris"\n')
+        registry = CollectorRegistry()
+        Metrics(registry, str(tmp_path))
+        assert requests_total(registry) == 2
+    finally:
+        other.stop()
