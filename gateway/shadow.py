@@ -33,6 +33,7 @@ import orjson
 
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
+from gateway.protocol.tensors import dumps
 from gateway.runtime import ModelRepository, run_checked
 from gateway.types import InferResult
 
@@ -84,10 +85,11 @@ def _close(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def _json(tensors: Mapping[str, np.ndarray]) -> str:
+    """Tensors as JSON, NaN and infinities as literals, so that a record replays exactly."""
     try:  # straight from the arrays' memory, several times faster than building Python lists
-        return orjson.dumps(tensors, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+        return dumps(tensors).decode()
     except orjson.JSONEncodeError:  # 0-d or non-contiguous arrays, which orjson refuses
-        return orjson.dumps({name: array.tolist() for name, array in tensors.items()}).decode()
+        return dumps({name: array.tolist() for name, array in tensors.items()}).decode()
 
 
 class ShadowLog:

@@ -57,6 +57,7 @@ class InferRequest(NamedTuple):
     inputs: dict[str, np.ndarray]
     outputs: tuple[RequestedOutput, ...] | None = None
     binary_outputs: bool = False
+    columnar: bool = False  # v1 only: answer `{"outputs"}` (TF Serving's columnar format)
 
 
 class InferResult(NamedTuple):

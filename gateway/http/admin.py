@@ -19,7 +19,8 @@ ADMIN_BODY_LIMIT = 64 * 1024
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict: a bool or a string is never a number, a float never a revision (README "Admin").
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class CanaryBody(_Body):

@@ -188,7 +188,7 @@ def _decode_v1(body: bytes, headers: Headers, session: ModelSession) -> InferReq
 
 
 def _encode_v1(result: InferResult, decoded: InferRequest, request_id: str) -> Encoded:
-    return v1.encode_response(result), None
+    return v1.encode_response(result, decoded), None
 
 
 INFER = InferenceEndpoint(_decode_v2, v2.encode_response)

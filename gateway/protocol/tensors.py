@@ -1,16 +1,30 @@
-"""Turn JSON and binary tensor data into numpy arrays, refusing what does not fit (CONTRACT §2)."""
+"""JSON and binary tensor data to numpy arrays and back, refusing what does not fit.
 
+README "Asking for predictions" lists the rules; each follows Triton's HTTP/REST behaviour:
+- JSON data is flat (`prod(shape)` values, row-major) or nested exactly as `shape`;
+- booleans are data only for BOOL tensors, and numbers never for BOOL tensors;
+- FP16/32/64 non-finite values travel as the JSON literals `NaN`, `Infinity` and `-Infinity`
+  both ways (Python's json module and tritonclient read and write them); `null` is not a number;
+- a shape is a list of at most 64 non-negative integers whose tensor fits in memory at all
+  (numpy's limit: fewer than 2**63 bytes over its non-zero dimensions).
+"""
+
+import json
 import math
 from typing import Any
 
 import numpy as np
+import orjson
 
 from gateway.errors import BadRequest
 from gateway.types import DATATYPES
 
 # Which numpy kinds of parsed JSON data each datatype kind accepts: integers may go into float
-# tensors, but floats never silently truncate into integer tensors.
-_ACCEPTED_KINDS = {"f": "biuf", "i": "iu", "u": "iu", "b": "b"}
+# tensors, but floats never silently truncate into integer tensors, and booleans are not numbers.
+_ACCEPTED_KINDS = {"f": "iuf", "i": "iu", "u": "iu", "b": "b"}
+MAX_DIMENSIONS = 64  # numpy's
+MAX_TENSOR_BYTES = 2**63 - 1  # numpy's (and Triton's int64 byte sizes)
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
 
 def dtype_of(datatype: object, name: str) -> np.dtype:
@@ -26,16 +40,33 @@ def dtype_of(datatype: object, name: str) -> np.dtype:
 _INT = {int}
 
 
-def check_shape(shape: object, name: str) -> tuple[int, ...]:
-    """A shape as a tuple of non-negative ints; BadRequest otherwise."""
+def check_shape(shape: object, dtype: np.dtype, name: str) -> tuple[int, ...]:
+    """A shape as a tuple of non-negative ints whose tensor of `dtype` numpy could hold at all
+    (BadRequest otherwise), checked before anything is allocated."""
     # set(map(type, ...)) runs in C; type() is exact, so booleans (an int subclass) fail too.
     if type(shape) is not list or (shape and (set(map(type, shape)) != _INT or min(shape) < 0)):
         raise BadRequest(f"input {name!r}: shape must be a list of non-negative integers")
+    if len(shape) > MAX_DIMENSIONS:
+        raise BadRequest(f"input {name!r}: shape has {len(shape)} dimensions, at most 64 allowed")
+    if math.prod(filter(None, shape)) * dtype.itemsize > MAX_TENSOR_BYTES:
+        raise BadRequest(
+            f"input {name!r}: shape {shape} describes a tensor larger than 2**63 bytes"
+        )
     return tuple(shape)
 
 
-def from_json(data: Any, dtype: np.dtype, shape: tuple[int, ...] | None, name: str) -> np.ndarray:
-    """Flat or nested JSON numbers as an array of `dtype`, reshaped to `shape` when given."""
+def from_json(
+    data: Any,
+    dtype: np.dtype,
+    shape: tuple[int, ...] | None,
+    name: str,
+    may_hold_booleans: bool = True,
+) -> np.ndarray:
+    """Flat or nested JSON numbers as an array of `dtype`, reshaped to `shape` when given.
+
+    `may_hold_booleans=False` (the JSON text has no `true` or `false`) skips the search for
+    booleans mixed into numbers, which numpy would silently read as 1 and 0.
+    """
     try:
         parsed = np.asarray(data)
     except ValueError:  # ragged nesting
@@ -44,9 +75,18 @@ def from_json(data: Any, dtype: np.dtype, shape: tuple[int, ...] | None, name: s
         ) from None
     if parsed.dtype.kind not in _ACCEPTED_KINDS[_kind(dtype)] and parsed.size:
         raise BadRequest(_wrong_data(name, parsed, dtype))
+    if may_hold_booleans and parsed.dtype.kind in "iuf" and _holds_booleans(data):
+        raise BadRequest(f"input {name!r}: data mixes booleans into {dtype.name} numbers")
     _check_range(parsed, dtype, name)
     array = parsed.astype(dtype, copy=False)
-    return array if shape is None else _reshape(array, shape, name)
+    if shape is None:
+        return array
+    if array.ndim > 1 and array.size and array.shape != shape:  # [[]] cannot nest deeper
+        raise BadRequest(
+            f"input {name!r}: shape is {list(shape)} but data is nested as "
+            f"{list(array.shape)}; nest it exactly as the shape, or send it flat"
+        )
+    return _reshape(array, shape, name)
 
 
 def from_bytes(raw: bytes, dtype: np.dtype, shape: tuple[int, ...], name: str) -> np.ndarray:
@@ -58,6 +98,34 @@ def from_bytes(raw: bytes, dtype: np.dtype, shape: tuple[int, ...], name: str) -
             f"{dtype.name} needs {expected}"
         )
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def dumps(document: Any) -> bytes:
+    """`document` (dicts, lists, numbers, numpy arrays) as JSON, with non-finite floats as the
+    literals NaN, Infinity and -Infinity, which orjson would write as null."""
+    encoded = orjson.dumps(document, option=_NUMPY)
+    if b"null" not in encoded:  # a C-level search: non-finite values are rare
+        return encoded
+    return orjson.dumps(_literal_non_finite(document), option=_NUMPY)
+
+
+def _literal_non_finite(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _literal_non_finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_literal_non_finite(item) for item in value]
+    is_float = isinstance(value, float | np.floating) or (
+        isinstance(value, np.ndarray) and value.dtype.kind == "f"
+    )
+    if is_float and not np.isfinite(value).all():
+        return orjson.Fragment(json.dumps(np.asarray(value).tolist(), separators=(",", ":")))
+    return value
+
+
+def _holds_booleans(data: Any) -> bool:
+    if isinstance(data, list):
+        return any(map(_holds_booleans, data))
+    return isinstance(data, bool)
 
 
 def _kind(dtype: np.dtype) -> str:
@@ -98,8 +166,13 @@ def _check_range(parsed: np.ndarray, dtype: np.dtype, name: str) -> None:
     low, high = limits
     # Every |value| is at most the Euclidean norm: one BLAS call clears nearly all float data
     # (ufunc reductions cost several times more). Not for integers: their dot product wraps.
-    if parsed.dtype.kind == "f" and np.vdot(parsed, parsed) <= high * high:
-        return
+    if parsed.dtype.kind == "f":
+        if np.vdot(parsed, parsed) <= high * high:
+            return
+        if dtype.kind == "f":  # NaN and infinities fit any float type as they are
+            parsed = parsed[np.isfinite(parsed)]
+            if not parsed.size:
+                return
     if parsed.min() < low or parsed.max() > high:
         raise BadRequest(f"input {name!r}: data out of range for {dtype.name}")
 

@@ -6,24 +6,33 @@ is set, the body is that many bytes of JSON followed by the raw tensors of the i
 for them with `outputs[].parameters.binary_data` or `parameters.binary_data_output`.
 """
 
+import json
 from typing import Any
 
 import numpy as np
 import orjson
 
 from gateway.errors import BadRequest
-from gateway.protocol.tensors import check_shape, dtype_of, from_bytes, from_json
+from gateway.protocol.tensors import check_shape, dtype_of, dumps, from_bytes, from_json
 from gateway.types import InferRequest, InferResult, RequestedOutput
-
-_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
 def parse_json(body: bytes) -> Any:
-    """The JSON document in `body`; BadRequest when it is not JSON."""
+    """The JSON document in `body`; BadRequest when it is not JSON.
+
+    The literals NaN, Infinity and -Infinity, which orjson refuses, are read as floats (Triton
+    accepts them in float tensors); the much slower json module parses only such bodies.
+    """
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+        error = exc
+    if b"NaN" in body or b"Infinity" in body:
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError):
+            pass  # orjson's message says where the JSON breaks
+    raise BadRequest(f"request body is not valid JSON: {error}")
 
 
 def decode_request(body: bytes, header_length: str | None = None) -> InferRequest:
@@ -35,16 +44,16 @@ def decode_request(body: bytes, header_length: str | None = None) -> InferReques
     raw_inputs = document.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise BadRequest("request needs a non-empty 'inputs' list")
-    inputs, used = _decode_inputs(raw_inputs, binary)
+    may_hold_booleans = b"true" in header or b"false" in header
+    inputs, used = _decode_inputs(raw_inputs, binary, may_hold_booleans)
     if used != len(binary):
         raise BadRequest(f"{len(binary) - used} bytes of binary data follow the tensors declared")
-    request_id = document.get("id")
     outputs = document.get("outputs")
     return InferRequest(
-        None if request_id is None else str(request_id),
+        _request_id(document.get("id")),
         inputs,
         None if outputs is None else _decode_outputs(outputs),
-        "parameters" in document and bool(_parameters(document).get("binary_data_output")),
+        "parameters" in document and _flag(document, "binary_data_output", "the request"),
     )
 
 
@@ -74,7 +83,7 @@ def encode_response(
         "id": request.id if request.id is not None else request_id,
         "outputs": outputs,
     }
-    header = orjson.dumps(document, option=_JSON_OPTIONS)
+    header = dumps(document)
     if not chunks:
         return header, None
     return b"".join([header, *chunks]), len(header)
@@ -95,7 +104,26 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return body[:length], body[length:]
 
 
-def _decode_inputs(raw_inputs: list[Any], binary: bytes) -> tuple[dict[str, np.ndarray], int]:
+def _request_id(value: object) -> str | None:
+    """The body's `id`: a string (the protocol's type), or None."""
+    if value is None:
+        return None
+    if type(value) is not str or not _encodable(value):
+        raise BadRequest("'id' must be a string of Unicode characters")
+    return value
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()  # a lone surrogate (JSON allows "\ud800") cannot be written back
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _decode_inputs(
+    raw_inputs: list[Any], binary: bytes, may_hold_booleans: bool
+) -> tuple[dict[str, np.ndarray], int]:
     inputs: dict[str, np.ndarray] = {}
     offset = 0
     for raw in raw_inputs:
@@ -105,29 +133,55 @@ def _decode_inputs(raw_inputs: list[Any], binary: bytes) -> tuple[dict[str, np.n
         if name in inputs:
             raise BadRequest(f"input {name!r} is given twice")
         dtype = dtype_of(raw.get("datatype"), name)
-        shape = check_shape(raw.get("shape"), name)
+        shape = check_shape(raw.get("shape"), dtype, name)
         size = _parameters(raw).get("binary_data_size") if "parameters" in raw else None
         if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            if type(size) is not int or size < 0 or offset + size > len(binary):
                 raise BadRequest(f"input {name!r}: binary_data_size {size!r} overruns the body")
             inputs[name] = from_bytes(binary[offset : offset + size], dtype, shape, name)
             offset += size
         elif "data" in raw:
-            inputs[name] = from_json(raw["data"], dtype, shape, name)
+            inputs[name] = from_json(raw["data"], dtype, shape, name, may_hold_booleans)
         else:
             raise BadRequest(f"input {name!r} has neither 'data' nor binary_data_size")
     return inputs, offset
 
 
-def _decode_outputs(raw_outputs: Any) -> tuple[RequestedOutput, ...]:
+def _decode_outputs(raw_outputs: Any) -> tuple[RequestedOutput, ...] | None:
+    """The requested outputs; an empty list asks for all of them, as with Triton."""
     if not isinstance(raw_outputs, list) or not all(
         isinstance(raw, dict) and isinstance(raw.get("name"), str) for raw in raw_outputs
     ):
         raise BadRequest("'outputs' must be a list of objects with a 'name'")
-    return tuple(
-        RequestedOutput(raw["name"], bool(_parameters(raw).get("binary_data", False)))
-        for raw in raw_outputs
-    )
+    requested: dict[str, RequestedOutput] = {}
+    for raw in raw_outputs:
+        name = raw["name"]
+        if name in requested:
+            raise BadRequest(f"output {name!r} is requested twice")
+        where = f"output {name!r}"
+        for refused in _UNSUPPORTED_OUTPUT_PARAMETERS:
+            if "parameters" in raw and refused in _parameters(raw):
+                raise BadRequest(
+                    f"{where}: parameter {refused!r} (Triton's classification extension) is not "
+                    "supported; request the output's scores and take the top classes yourself"
+                )
+        requested[name] = RequestedOutput(
+            name, "parameters" in raw and _flag(raw, "binary_data", where)
+        )
+    return tuple(requested.values()) or None
+
+
+_UNSUPPORTED_OUTPUT_PARAMETERS = ("classification", "class_count")
+
+
+def _flag(document: dict[str, Any], parameter: str, where: str) -> bool:
+    """A boolean parameter: absent is false; anything but true or false is a BadRequest."""
+    value = _parameters(document).get(parameter, False)
+    if type(value) is not bool:
+        raise BadRequest(
+            f"{where}: parameter {parameter!r} must be true or false, got {repr(value)[:40]}"
+        )
+    return value
 
 
 def _parameters(document: dict[str, Any]) -> dict[str, Any]:

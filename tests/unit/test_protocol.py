@@ -1,5 +1,6 @@
 """Decoding and encoding of Open Inference Protocol v2 and KServe v1 bodies."""
 
+import json
 import math
 
 import numpy as np
@@ -263,13 +264,18 @@ def test_v1_instances_become_one_batch() -> None:
     assert request.inputs["input"].dtype == np.float32 and request.inputs["input"].shape == (2, 4)
 
 
+ROWS = InferRequest(None, {})
+
+
 def test_v1_predictions_per_instance() -> None:
     """Several outputs give one object per instance; a single output gives its rows."""
     both = orjson.loads(
-        v1.encode_response(_result(label=np.array([0, 2]), p=np.array([[0.5], [0.25]], np.float32)))
+        v1.encode_response(
+            _result(label=np.array([0, 2]), p=np.array([[0.5], [0.25]], np.float32)), ROWS
+        )
     )
     assert both == {"predictions": [{"label": 0, "p": [0.5]}, {"label": 2, "p": [0.25]}]}
-    one = orjson.loads(v1.encode_response(_result(scores=np.array([[1.0, 2.0]], np.float32))))
+    one = orjson.loads(v1.encode_response(_result(scores=np.array([[1.0, 2.0]], np.float32)), ROWS))
     assert one == {"predictions": [[1.0, 2.0]]}
 
 
@@ -277,7 +283,9 @@ def test_v1_predictions_per_instance() -> None:
     ("body", "message"),
     [
         (b"{", "not valid JSON"),
-        (b'{"inputs": [[1, 2, 3, 4]]}', "instances"),
+        (b'{"inputs": [[1, 2, 3, 4]], "instances": [[1, 2, 3, 4]]}', "instances"),
+        (b'{"inputs": {"other": [[1, 2, 3, 4]]}}', "unknown input 'other'"),
+        (b'{"instances": [[1, 2, true, 4]]}', "mixes booleans"),
         (b'{"instances": []}', "instances"),
         (b'{"instances": [["a", "b", "c", "d"]]}', "must be numbers"),
         (b'{"instances": [[1, 2], [3]]}', "ragged"),
@@ -301,3 +309,109 @@ def test_datatype_table_covers_the_contract() -> None:
         ),
         0.1,
     )
+
+
+def test_v1_columnar_inputs_answer_columnar_outputs() -> None:
+    """TF Serving's columnar form: {"inputs": batch} -> {"outputs": {name: batch}}."""
+    request = v1.decode_request(b'{"inputs": [[1, 2, 3, 4], [5, 6, 7, 8]]}', IRIS_INPUT)
+    assert request.columnar and request.inputs["input"].tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]
+    named = v1.decode_request(b'{"inputs": {"input": [[1, 2, 3, 4]]}}', IRIS_INPUT)
+    assert named.inputs["input"].shape == (1, 4)
+    answer = v1.encode_response(
+        _result(label=np.array([0, 2]), p=np.array([[0.5], [0.25]], np.float32)), request
+    )
+    assert orjson.loads(answer) == {"outputs": {"label": [0, 2], "p": [[0.5], [0.25]]}}
+
+
+@pytest.mark.parametrize("datatype", ["FP16", "FP32", "FP64"])
+def test_non_finite_floats_are_json_literals_both_ways(datatype: str) -> None:
+    """NaN, Infinity and -Infinity are read from and written as JSON literals, never null."""
+    body = (
+        b'{"inputs": [{"name": "x", "datatype": "' + datatype.encode() + b'", "shape": [4], '
+        b'"data": [-Infinity, Infinity, NaN, 1.5]}]}'
+    )
+    array = v2.decode_request(body).inputs["x"]
+    assert array.dtype == DATATYPES[datatype]
+    assert np.isneginf(array[0]) and np.isposinf(array[1]) and np.isnan(array[2])
+    encoded, _ = v2.encode_response(_result(y=array), InferRequest(None, {}), "r")
+    assert b'"data":[-Infinity,Infinity,NaN,1.5]' in encoded
+    data = json.loads(encoded)["outputs"][0]["data"]
+    assert np.array_equal(np.array(data, dtype=array.dtype), array, equal_nan=True)
+    v1_answer = json.loads(v1.encode_response(_result(y=array), ROWS))["predictions"]
+    assert np.array_equal(np.array(v1_answer, dtype=array.dtype), array, equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    ("shape", "data", "message"),
+    [
+        (
+            [2, 4],
+            [[1, 2], [3, 4], [5, 6], [7, 8]],
+            r"shape is \[2, 4\] but data is nested as \[4, 2\]",
+        ),
+        ([8], [[1, 2, 3, 4], [5, 6, 7, 8]], r"nested as \[2, 4\]"),
+        ([2**62, 0], [], "larger than 2\\*\\*63 bytes"),
+        ([2**40, 2**40], [], "larger than"),
+        ([1] * 65, [1], "at most 64"),
+        ([2, -1], [], "non-negative integers"),
+        ([2, 2.0], [], "non-negative integers"),
+        ([True, 4], [], "non-negative integers"),
+        ([4], [1.0, True, 2.0, 3.0], "mixes booleans"),
+        ([2], [True, False], "bool cannot be sent as float32"),
+        ([2], [1.0, None], "must be numbers"),
+    ],
+)
+def test_shapes_and_data_that_contradict_are_refused(
+    shape: list[object], data: list[object], message: str
+) -> None:
+    """Nesting must match the shape exactly; overflowing shapes and booleans-as-numbers are 400s."""
+    body = orjson.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": shape, "data": data}]}
+    )
+    with pytest.raises(BadRequest, match=message):
+        v2.decode_request(body)
+
+
+def test_flat_data_for_a_nested_shape_stays_valid() -> None:
+    """prod(shape) flat values are read row-major, as the protocol says."""
+    body = orjson.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 4], "data": list(range(8))}]}
+    )
+    assert v2.decode_request(body).inputs["x"].tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            {"outputs": [{"name": "y", "parameters": {"binary_data": "false"}}]},
+            "'binary_data' must be true or false",
+        ),
+        (
+            {"outputs": [{"name": "y", "parameters": {"binary_data": 1}}]},
+            "'binary_data' must be true or false",
+        ),
+        (
+            {"parameters": {"binary_data_output": "yes"}},
+            "'binary_data_output' must be true or false",
+        ),
+        ({"outputs": [{"name": "y", "parameters": {"classification": 2}}]}, "'classification'"),
+        ({"outputs": [{"name": "y"}, {"name": "y"}]}, "requested twice"),
+        ({"id": 7}, "'id' must be a string"),
+    ],
+)
+def test_loosely_typed_parameters_are_refused(extra: dict[str, object], message: str) -> None:
+    """Flags are booleans, the id a string; unsupported classification is named, not ignored."""
+    body = orjson.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}], **extra}
+    )
+    with pytest.raises(BadRequest, match=message):
+        v2.decode_request(body)
+
+
+def test_empty_outputs_list_asks_for_every_output() -> None:
+    """`outputs: []` means all outputs, as with Triton."""
+    body = (
+        b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}], "outputs": []}'
+    )
+    assert v2.decode_request(body).outputs is None
