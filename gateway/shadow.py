@@ -80,6 +80,23 @@ def agree(live: Mapping[str, np.ndarray], shadow: Mapping[str, np.ndarray]) -> b
     return all(_close(live[name], shadow[name]) for name in names)
 
 
+def compared_outputs(live: InferResult, shadow_outputs: list[str]) -> list[tuple[str, str]]:
+    """Which shadow output is compared with which live output, as (live, shadow) pairs.
+
+    By name where the shadow has live's outputs; when it has none of them (a re-exported model
+    whose outputs were renamed), by position in each model's declared outputs. Only outputs the
+    caller received are compared. Empty when nothing pairs up: the record then disagrees.
+    """
+    by_name = [(name, name) for name in live.outputs if name in shadow_outputs]
+    if by_name:
+        return by_name
+    return [
+        (name, shadow)
+        for name, shadow in zip(live.specs, shadow_outputs, strict=False)
+        if name in live.outputs
+    ]
+
+
 def _close(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and bool(np.allclose(a, b, rtol=1e-4, atol=1e-5))
 
@@ -182,9 +199,8 @@ class ShadowLog:
 
     def _run(self, job: ShadowJob, options: ort.RunOptions) -> Record:
         session = self.repository.session(job.model, job.variant)
-        # Compare like with like; a shadow with none of live's outputs is logged whole.
-        names = [name for name in job.live.outputs if name in session.output_specs]
-        names = names or session.output_names
+        pairs = compared_outputs(job.live, session.output_names)
+        names = [shadow for _, shadow in pairs] or session.output_names
         # The thread's own CPU time: at background priority the wall time would also count
         # every live request that took the core in between.
         started = time.thread_time()
@@ -195,12 +211,18 @@ class ShadowLog:
             outputs, error = {}, exc.message
         seconds = time.thread_time() - started
         yield_gil()  # between the run and the comparison and encoding
-        return self._record(job, outputs, seconds, error)
+        return self._record(job, outputs, pairs, seconds, error)
 
     def _record(
-        self, job: ShadowJob, outputs: dict[str, np.ndarray], seconds: float, error: str | None
+        self,
+        job: ShadowJob,
+        outputs: dict[str, np.ndarray],
+        pairs: list[tuple[str, str]],
+        seconds: float,
+        error: str | None,
     ) -> Record:
-        agrees = error is None and agree(job.live.outputs, outputs)
+        as_live = {live: outputs[shadow] for live, shadow in pairs if shadow in outputs}
+        agrees = error is None and agree(job.live.outputs, as_live)
         record = {
             "ts": str(int(time.time() * 1000)),
             "request_id": job.request_id,
@@ -215,6 +237,7 @@ class ShadowLog:
             "live_ms": f"{job.live_seconds * 1000:.3f}",
             "shadow_ms": f"{seconds * 1000:.3f}",
             "agree": "1" if agrees else "0",
+            "compared": ",".join(f"{live}={shadow}" for live, shadow in pairs),
         }
         if self.log_inputs.get(job.model, True):
             record["inputs"] = _json(job.inputs)

@@ -24,7 +24,7 @@ IRIS_LABELS = [0, 2, 1]
 # Every shadow record has these fields (CONTRACT §5); `inputs` too unless log_inputs is false.
 RECORD_FIELDS = {
     "ts", "request_id", "model", "live_variant", "shadow_variant", "revision",
-    "live_output", "shadow_output", "live_ms", "shadow_ms", "agree",
+    "live_output", "shadow_output", "live_ms", "shadow_ms", "agree", "compared",
 }  # fmt: skip
 
 
@@ -199,3 +199,14 @@ class GatewayProcess:
 
 
 ADMIN = {"Authorization": "Bearer secret"}
+
+
+def make_renamed_model(source: Path, path: Path, renames: dict[str, str]) -> None:
+    """A copy of `source` whose graph outputs carry other names (a re-export, say)."""
+    model = onnx.load(str(source))
+    for node in model.graph.node:
+        node.output[:] = [renames.get(name, name) for name in node.output]
+    for output in model.graph.output:
+        output.name = renames.get(output.name, output.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))

@@ -15,7 +15,15 @@ import pytest
 from app.conftest import AppClient
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
-from support import ADMIN, IRIS_LABELS, IRIS_ROWS, RECORD_FIELDS, iris_body
+from support import (
+    ADMIN,
+    IRIS_LABELS,
+    IRIS_ROWS,
+    RECORD_FIELDS,
+    base_config,
+    iris_body,
+    make_renamed_model,
+)
 
 from gateway.http import create_app
 from gateway.settings import load_settings
@@ -174,3 +182,27 @@ async def test_stopping_writes_or_counts_every_shadow_run(
     lines = (tmp_path / "data" / "shadow" / "iris.jsonl").read_text().splitlines()
     assert len(lines) == count("logged") + count("error")  # stopped runs leave an error record
     assert len({json.loads(line)["request_id"] for line in lines}) == len(lines)  # each once
+
+
+async def test_shadow_with_renamed_outputs_is_compared_by_position(
+    make_client: AppClient, model_repo: Path, tmp_path: Path
+) -> None:
+    """A shadow whose outputs have other names but the same values agrees, and says what it compared."""
+    renames = {"label": "predicted", "probabilities": "scores"}
+    make_renamed_model(
+        model_repo / "iris/1/model.onnx", model_repo / "iris/renamed/model.onnx", renames
+    )
+    config = base_config(model_repo, tmp_path / "data")["models"]
+    config["iris"]["variants"]["renamed"] = {"path": "iris/renamed/model.onnx"}
+    config["iris"]["routing"]["shadows"] = [{"variant": "renamed", "sample": 1.0}]
+    client = await make_client(models=config)
+    response = await client.post("/v2/models/iris/infer", json=iris_body(IRIS_ROWS))
+    assert response.status_code == 200
+    (record,) = await records(tmp_path / "data" / "shadow" / "iris.jsonl", 1)
+    assert record["agree"] == "1"
+    assert record["compared"] == "label=predicted,probabilities=scores"
+    assert json.loads(record["shadow_output"])["predicted"] == IRIS_LABELS
+    only_probabilities = {**iris_body(IRIS_ROWS), "outputs": [{"name": "probabilities"}]}
+    await client.post("/v2/models/iris/infer", json=only_probabilities)
+    second = (await records(tmp_path / "data" / "shadow" / "iris.jsonl", 2))[1]
+    assert second["compared"] == "probabilities=scores" and second["agree"] == "1"

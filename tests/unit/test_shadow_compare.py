@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from gateway.shadow import agree
+from gateway.shadow import agree, compared_outputs
+from gateway.types import InferResult, TensorSpec
 
 
 def test_classifiers_agree_on_labels() -> None:
@@ -26,3 +27,14 @@ def test_other_outputs_need_allclose() -> None:
     assert agree(live, {"y": np.array([1.0, 2.0 + 1e-7])})
     assert not agree(live, {"y": np.array([1.0, 2.5])})
     assert not agree(live, {"z": np.array([1.0, 2.0])})
+
+
+def test_outputs_pair_by_name_else_by_position() -> None:
+    """Same names pair by name; a shadow with none of live's names pairs by declared position."""
+    specs = {n: TensorSpec(n, "FP32", (-1,)) for n in ("label", "probabilities")}
+    live = InferResult("m", "blue", "live", 1, {"probabilities": np.zeros(1)}, specs)
+    assert compared_outputs(live, ["probabilities", "label"]) == [
+        ("probabilities", "probabilities")
+    ]
+    assert compared_outputs(live, ["y", "p"]) == [("probabilities", "p")]
+    assert compared_outputs(live, ["only"]) == []
