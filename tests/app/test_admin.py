@@ -1,5 +1,6 @@
 """The admin API in-process (embedded store): auth, every change, refusals, reload, fuzzing."""
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -264,3 +265,66 @@ async def test_fuzzed_admin_calls_never_fail_with_500(client: httpx.AsyncClient)
         assert response.status_code < 500, (method, path, content, response.text)
         assert "error" in response.json() or response.status_code == 200
     assert (await client.post("/v2/models/iris/infer", json=iris_body())).status_code == 200
+
+
+# Each admin body field with values of the wrong JSON type (and NaN for the numbers).
+NOT_STRINGS = [True, False, None, [0.3], {"v": 1}]
+CONFUSED = [*NOT_STRINGS, "0.3", "1"]
+TYPED_BODIES = [
+    (
+        "PUT",
+        "/admin/models/iris/canary",
+        {"variant": "green", "weight": 0.3},
+        "weight",
+        [*CONFUSED, float("nan")],
+    ),
+    (
+        "PUT",
+        "/admin/models/iris/canary",
+        {"variant": "green", "weight": 0.3},
+        "variant",
+        [*NOT_STRINGS, 1],
+    ),
+    ("POST", "/admin/models/iris/flip", {"to": "green"}, "to", [*NOT_STRINGS, 1]),
+    (
+        "PUT",
+        "/admin/models/iris/shadows",
+        [{"variant": "mlp", "sample": 0.5}],
+        "sample",
+        [*CONFUSED, float("inf")],
+    ),
+    (
+        "PUT",
+        "/admin/models/iris/shadows",
+        [{"variant": "mlp", "sample": 0.5}],
+        "variant",
+        [*NOT_STRINGS, 2],
+    ),
+    (
+        "POST",
+        "/admin/models/iris/rollback",
+        {"to_revision": 1},
+        "to_revision",
+        [True, "1", 1.0, [1], {"r": 1}],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "good", "field", "bad"),
+    [(m, p, g, f, b) for m, p, g, f, values in TYPED_BODIES for b in values],
+)
+async def test_type_confused_admin_bodies_are_refused(
+    client: httpx.AsyncClient, method: str, path: str, good: Any, field: str, bad: object
+) -> None:
+    """A bool or a string is never a number, a float never a revision: 400 naming the field, nothing changed."""
+    await client.put(
+        "/admin/models/iris/canary", json={"variant": "green", "weight": 0.1}, headers=ADMIN
+    )
+    before = (await client.get("/admin/models/iris", headers=ADMIN)).json()
+    body = [{**good[0], field: bad}] if isinstance(good, list) else {**good, field: bad}
+    content = json.dumps(body).encode()  # json writes NaN and Infinity literals, which we read
+    response = await client.request(method, path, content=content, headers=ADMIN)
+    assert response.status_code == 400, response.text
+    assert field in response.json()["error"]
+    assert (await client.get("/admin/models/iris", headers=ADMIN)).json() == before
