@@ -98,7 +98,7 @@ def compared_outputs(live: InferResult, shadow_outputs: list[str]) -> list[tuple
 
 
 def _close(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.shape == b.shape and bool(np.allclose(a, b, rtol=1e-4, atol=1e-5))
+    return a.shape == b.shape and bool(np.allclose(a, b, rtol=1e-4, atol=1e-5, equal_nan=True))
 
 
 def _json(tensors: Mapping[str, np.ndarray]) -> str:

@@ -210,3 +210,15 @@ def make_renamed_model(source: Path, path: Path, renames: dict[str, str]) -> Non
         output.name = renames.get(output.name, output.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
+
+
+def make_identity_model(path: Path) -> None:
+    """Float tensors straight through: `x16`, `x32`, `x64` -> `y16`, `y32`, `y64` (any shape)."""
+    types = {"16": TensorProto.FLOAT16, "32": TensorProto.FLOAT, "64": TensorProto.DOUBLE}
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [f"x{bits}"], [f"y{bits}"]) for bits in types],
+        "identity",
+        [helper.make_tensor_value_info(f"x{bits}", kind, ["n"]) for bits, kind in types.items()],
+        [helper.make_tensor_value_info(f"y{bits}", kind, ["n"]) for bits, kind in types.items()],
+    )
+    _save(graph, path)

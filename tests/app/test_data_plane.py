@@ -355,7 +355,7 @@ scalars = (
     st.none()
     | st.booleans()
     | st.integers(-(2**70), 2**70)
-    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.floats()  # NaN and infinities too: json.dumps writes them as literals
     | st.text(max_size=4)
 )
 tensor_fields = st.fixed_dictionaries(
@@ -363,7 +363,8 @@ tensor_fields = st.fixed_dictionaries(
     optional={
         "name": st.sampled_from(["input", "x"]) | scalars,
         "datatype": st.sampled_from(["FP32", "FP64", "INT64", "BOOL", "BYTES", "fp32"]) | scalars,
-        "shape": st.lists(st.integers(-2, 5), max_size=3) | scalars,
+        "shape": st.lists(st.integers(-2, 5) | st.sampled_from([2**62, 2**63, 2**64]), max_size=3)
+        | scalars,
         "data": st.recursive(scalars, lambda c: st.lists(c, max_size=5), max_leaves=12),
         "parameters": st.dictionaries(
             st.sampled_from(["binary_data_size", "binary_data"]), scalars, max_size=2
@@ -377,7 +378,15 @@ infer_bodies = st.fixed_dictionaries(
         "inputs": st.lists(tensor_fields, max_size=2) | scalars,
         "outputs": st.lists(
             st.fixed_dictionaries(
-                {}, optional={"name": st.sampled_from(["label", "nope"]) | scalars}
+                {},
+                optional={
+                    "name": st.sampled_from(["label", "nope"]) | scalars,
+                    "parameters": st.dictionaries(
+                        st.sampled_from(["binary_data", "classification", "class_count"]),
+                        scalars,
+                        max_size=2,
+                    ),
+                },
             ),
             max_size=2,
         )
