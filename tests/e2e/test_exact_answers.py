@@ -93,9 +93,7 @@ def test_json_non_finite_literals_in_v2_and_v1(gateway: GatewayProcess) -> None:
         content='{"inputs": {"x16": [NaN], "x32": [-Infinity], "x64": [Infinity]}}',
     )
     assert v1.status_code == 200, v1.text
-    assert json.loads(v1.text) == {
-        "outputs": {"y16": [None], "y32": [-np.inf], "y64": [np.inf]}
-    } or (v1.text == '{"outputs":{"y16":[NaN],"y32":[-Infinity],"y64":[Infinity]}}')
+    assert v1.text == '{"outputs":{"y16":[NaN],"y32":[-Infinity],"y64":[Infinity]}}'
 
 
 @pytest.mark.parametrize(
