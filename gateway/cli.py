@@ -1,4 +1,4 @@
-"""`gateway` command line: serve, and every admin operation (CONTRACT §4)."""
+"""`gateway` command line: serve, and every admin operation (the README's admin API table)."""
 
 import argparse
 import copy

@@ -1,8 +1,8 @@
 """The configuration: one frozen pydantic model loaded from YAML, with environment overrides.
 
-CONTRACT §1. Only the entry point and `create_app` read it. Relative paths in the file are
-resolved against the folder of the config file, so `gateway serve --config deploy/gw.yaml` works
-from any working directory.
+README "Configuration". Only the entry point and `create_app` read it. Relative paths in the
+file are resolved against the folder of the config file, so `gateway serve --config
+deploy/gw.yaml` works from any working directory.
 """
 
 import os
@@ -54,7 +54,7 @@ class ShadowConfig(_Frozen):
 
 
 class RoutingConfig(_Frozen):
-    """The initial routing of a model; later changes come from the admin API (CONTRACT §3)."""
+    """The initial routing of a model; later changes come from the admin API (README)."""
 
     live: Name = Field(description="The variant that serves traffic (blue-green).")
     canary: CanaryConfig | None = None

@@ -1,10 +1,10 @@
 """Shadow mirroring: run sampled copies of live traffic at background priority, log the answers.
 
-CONTRACT §3 and §5: a shadow never delays or fails the caller. Shadow runs happen on their own
-threads (`shadow_concurrency` of them) at the operating system's idle priority (SCHED_IDLE on
-Linux): they get a core only when live requests leave it free, and onnxruntime releases the GIL
-while it computes. Run on the event loop instead, a 100% shadow of a small model made callers
-a third slower on a busy core, because its CPU time landed between their requests.
+README, "Shipping new versions": a shadow never delays or fails the caller. Shadow runs happen
+on their own threads (`shadow_concurrency` of them) at the operating system's idle priority
+(SCHED_IDLE on Linux): they get a core only when live requests leave it free, and onnxruntime
+releases the GIL while it computes. Run on the event loop instead, a 100% shadow of a small
+model made callers a third slower on a busy core: its CPU time landed between their requests.
 
 Two bounded places hold work: the job queue (runs waiting) and the record buffer (records waiting
 to be written). When either is full the newest item is dropped and counted, so a core saturated

@@ -1,4 +1,4 @@
-"""Where shadow records are written (CONTRACT §5): a Redis stream or a JSON-lines file per model.
+"""Where shadow records are written (README): a Redis stream or a JSON-lines file per model.
 
 Both sinks encode and write on a thread of their own at background priority, like the shadow
 runs: on the event loop, encoding a batch of a few hundred records (JSON, or Redis commands)

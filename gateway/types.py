@@ -5,7 +5,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-# Open Inference Protocol datatypes and the numpy dtypes they travel as (CONTRACT §2).
+# Open Inference Protocol datatypes and the numpy dtypes they travel as (README "Routes").
 DATATYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
     "UINT8": np.dtype(np.uint8),
@@ -61,7 +61,7 @@ class InferRequest(NamedTuple):
 
 
 class InferResult(NamedTuple):
-    """What one variant answered, and how it was chosen (CONTRACT §2 response headers)."""
+    """What one variant answered, and how it was chosen (README: the x-gateway-* headers)."""
 
     model: str
     variant: str

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
 IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
 IRIS_LABELS = [0, 2, 1]
-# Every shadow record has these fields (CONTRACT §5); `inputs` too unless log_inputs is false.
+# Every shadow record has these fields (the README's shadow log description); `inputs` too unless log_inputs is false.
 RECORD_FIELDS = {
     "ts", "request_id", "model", "live_variant", "shadow_variant", "revision",
     "live_output", "shadow_output", "live_ms", "shadow_ms", "agree", "compared",

@@ -1,4 +1,4 @@
-"""Routing changes (CONTRACT §3, §4): validate, append a revision, install, propagate.
+"""Routing changes: validate, append a revision, install, propagate (README "Shipping").
 
 Every change is computed from the store's current entry, not from this process's table, so
 workers and replicas never overwrite each other: the store's append is a compare-and-set on the

@@ -1,4 +1,4 @@
-"""Admin API (CONTRACT §4): routing state, changes, history, rollback and reload."""
+"""Admin API (README's admin table): routing state, changes, history, rollback and reload."""
 
 import hmac
 from typing import Any
@@ -77,7 +77,7 @@ async def _parse(request: Request, adapter: Any, optional: bool = False) -> Any:
 
 
 def state_json(gateway: Gateway, model: str, state: RoutingState) -> dict[str, Any]:
-    """The admin API's view of one model's routing (CONTRACT §4)."""
+    """The admin API's view of one model's routing (the README's admin API table)."""
     return {
         "model": model,
         **state.to_dict(),

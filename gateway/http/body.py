@@ -1,4 +1,4 @@
-"""Reading request bodies within a size limit (CONTRACT §2: 413), straight from ASGI messages.
+"""Reading request bodies within a size limit (413, README "Routes"), straight from ASGI messages.
 
 A body sent with `Content-Encoding: gzip` or `deflate` is decoded here, and the limit holds for
 the decoded size too (gateway.http.compression).

@@ -1,4 +1,4 @@
-"""Data plane endpoints (CONTRACT §2): thin, decode -> service -> encode."""
+"""Data plane endpoints (the README's Routes section): thin, decode -> service -> encode."""
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request

@@ -1,4 +1,4 @@
-"""The inference endpoints, as plain ASGI apps: the hot path of the gateway (CONTRACT §2).
+"""The inference endpoints, as plain ASGI apps: the hot path of the gateway (README "Routes").
 
 They skip Starlette's Request and Response objects on purpose: building a Headers object and a
 Response for every call cost a fifth of a small model's request in profiles. The flow is the same

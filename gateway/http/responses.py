@@ -1,4 +1,4 @@
-"""Error responses: one table from exceptions to `{"error": message}` answers (CONTRACT §2)."""
+"""Error responses: one table from exceptions to `{"error": message}` answers (README "Routes")."""
 
 import logging
 

@@ -1,4 +1,4 @@
-"""Open Inference Protocol v2 inference requests and responses, JSON or binary (CONTRACT §2).
+"""Open Inference Protocol v2 inference requests and responses, JSON or binary (README "Routes").
 
 The binary tensor data extension (Triton): when the request header `Inference-Header-Content-Length`
 is set, the body is that many bytes of JSON followed by the raw tensors of the inputs that carry

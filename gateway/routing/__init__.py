@@ -1,4 +1,7 @@
-"""Pure routing: canary weights, sticky hashing, blue-green, shadow sampling (CONTRACT §3)."""
+"""Pure routing: canary weights, sticky hashing, blue-green, shadow sampling.
+
+README: "Shipping new versions: canary, shadow, blue-green, rollback".
+"""
 
 from gateway.routing.choose import Route, choose_variant, sample_shadows, sticky_fraction
 from gateway.routing.state import Canary, RoutingState, Shadow

@@ -24,7 +24,7 @@ class Shadow:
 
 @dataclass(frozen=True, slots=True)
 class RoutingState:
-    """Where one model's requests go at one revision (CONTRACT §3)."""
+    """Where one model's requests go at one revision (README: "Shipping new versions")."""
 
     live: str
     canary: Canary | None = None

@@ -1,4 +1,4 @@
-"""The data plane in-process: every route of CONTRACT §2 and every row of its error table."""
+"""The data plane in-process: every route of the README's Routes section and every row of its error table."""
 
 import json
 from typing import Any

@@ -50,7 +50,7 @@ async def shadow_counts(client: httpx.AsyncClient) -> dict[tuple[str, str], floa
 
 
 async def test_shadow_records_have_every_field(make_client: AppClient, tmp_path: Path) -> None:
-    """Each mirrored request writes one record with all CONTRACT §5 fields to data_dir/shadow."""
+    """Each mirrored request writes one record with all the README's shadow log description fields to data_dir/shadow."""
     client = await make_client()
     await client.put(
         "/admin/models/iris/shadows", json=[{"variant": "green", "sample": 1.0}], headers=ADMIN

@@ -2,7 +2,7 @@
 
 PromQL is checked with a small scanner, not a full parser: enough to find every metric name and
 every label an expression selects or groups by, and to fail when one of them does not exist
-(CONTRACT §6), so a renamed metric cannot leave a silently empty panel or a dead alert behind.
+(the README's "Metrics and logs" section), so a renamed metric cannot leave a silently empty panel or a dead alert behind.
 """
 
 import json
@@ -247,7 +247,7 @@ def test_scanner_reports_unknown_metrics_and_labels() -> None:
 
 
 def test_exported_metrics_are_the_contract_ones() -> None:
-    """The derived export list holds CONTRACT §6's series, with their labels."""
+    """The derived export list holds the README's "Metrics and logs" section's series, with their labels."""
     metrics = exported()
     assert metrics["gateway_requests_total"] == {"model", "variant", "role", "code"}
     assert metrics["gateway_request_duration_seconds_bucket"] == {"model", "variant", "role", "le"}

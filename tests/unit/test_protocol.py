@@ -298,7 +298,7 @@ def test_bad_v1_requests_are_refused(body: bytes, message: str) -> None:
 
 
 def test_datatype_table_covers_the_contract() -> None:
-    """FP32, FP64, INT32, INT64 and BOOL (CONTRACT §2) all have a numpy dtype and back."""
+    """FP32, FP64, INT32, INT64 and BOOL (the README's Routes section) all have a numpy dtype and back."""
     for name in ["FP32", "FP64", "INT32", "INT64", "BOOL"]:
         assert DATATYPE_OF[DATATYPES[name]] == name
     assert math.isclose(

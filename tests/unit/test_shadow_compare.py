@@ -1,4 +1,4 @@
-"""How a shadow answer is compared with the live one (CONTRACT §5 `agree`)."""
+"""How a shadow answer is compared with the live one (the README's shadow log description `agree`)."""
 
 import numpy as np
 

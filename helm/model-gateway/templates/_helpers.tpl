@@ -72,7 +72,7 @@ when one is mounted.
 
 {{/*
 Refuse settings the gateway cannot honour: several pods or workers in embedded mode would each
-keep their own routing state, so a flip on one would not reach the others (CONTRACT §3).
+keep their own routing state, so a flip on one would not reach the others (the README's "Shipping new versions" section).
 */}}
 {{- define "model-gateway.validate" -}}
 {{- $pods := int .Values.replicaCount }}
