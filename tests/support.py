@@ -1,5 +1,6 @@
 """Test helpers: polling, request bodies, test-only ONNX models, redis-server and gateway processes."""
 
+import contextlib
 import os
 import shutil
 import signal
@@ -7,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import httpx
 import numpy as np
 import onnx
 import pytest
+import yaml
 from onnx import TensorProto, helper, numpy_helper
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,3 +224,16 @@ def make_identity_model(path: Path) -> None:
         [helper.make_tensor_value_info(f"y{bits}", kind, ["n"]) for bits, kind in types.items()],
     )
     _save(graph, path)
+
+
+@contextlib.contextmanager
+def serving(config: dict[str, Any], tmp: Path) -> Iterator[GatewayProcess]:
+    """A one-worker gateway for `config` (written under `tmp`), stopped on exit."""
+    path = tmp / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    gateway = GatewayProcess(path, 1, {}, tmp / "gateway.log")
+    try:
+        gateway.wait_ready()
+        yield gateway
+    finally:
+        gateway.stop()

@@ -12,8 +12,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-import yaml
-from support import IRIS_LABELS, IRIS_ROWS, MODELS, GatewayProcess, iris_body
+from support import IRIS_LABELS, IRIS_ROWS, MODELS, GatewayProcess, iris_body, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -31,14 +30,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
         "data_dir": str(tmp / "data"),
         "models": {"iris": {"variants": {"blue": {"path": "iris/1/model.onnx"}}, "routing": {"live": "blue"}}},
     }  # fmt: skip
-    path = tmp / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config))
-    gateway = GatewayProcess(path, 1, {}, tmp / "gateway.log")
-    try:
-        gateway.wait_ready()
+    with serving(config, tmp) as gateway:
         yield gateway
-    finally:
-        gateway.stop()
 
 
 def raw_post(gateway: GatewayProcess, body: bytes, **headers: str) -> tuple[httpx.Headers, bytes]:

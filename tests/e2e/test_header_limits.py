@@ -7,8 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
-from support import MODELS, GatewayProcess, RedisServer, iris_body, wait_until
+from support import MODELS, GatewayProcess, RedisServer, iris_body, serving, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -37,14 +36,8 @@ def gateway(data_dir: Path) -> Iterator[GatewayProcess]:
             }
         },
     }  # fmt: skip
-    path = tmp / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config))
-    gateway = GatewayProcess(path, 1, {}, tmp / "gateway.log")
-    try:
-        gateway.wait_ready()
+    with serving(config, tmp) as gateway:
         yield gateway
-    finally:
-        gateway.stop()
 
 
 def refused(response: httpx.Response, error: str) -> bool:
