@@ -44,10 +44,11 @@ class TensorSpec:
 
 
 class RequestedOutput(NamedTuple):
-    """An output the client asked for, and whether it wants it as Triton binary data."""
+    """An output the client asked for, and whether it wants it as Triton binary data (None:
+    as the request's `binary_data_output` says)."""
 
     name: str
-    binary: bool = False
+    binary: bool | None = None
 
 
 class InferRequest(NamedTuple):

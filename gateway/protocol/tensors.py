@@ -73,6 +73,8 @@ def from_json(
         raise BadRequest(
             f"input {name!r}: data is ragged; every row must have the same length"
         ) from None
+    if parsed.dtype.kind == "f" and dtype.kind in "iu" and parsed.size:
+        parsed = _big_integers(data, dtype, name)  # numpy reads ints past int64 as floats
     if parsed.dtype.kind not in _ACCEPTED_KINDS[_kind(dtype)] and parsed.size:
         raise BadRequest(_wrong_data(name, parsed, dtype))
     if may_hold_booleans and parsed.dtype.kind in "iuf" and _holds_booleans(data):
@@ -122,6 +124,18 @@ def _literal_non_finite(value: Any) -> Any:
     return value
 
 
+def _big_integers(data: Any, dtype: np.dtype, name: str) -> np.ndarray:
+    """`data` as exact integers when every value is an integer (as large as UINT64's 2**64 - 1
+    or beyond, checked against the range), else as numpy parsed it (floats: refused)."""
+    exact = np.asarray(data, dtype=object)
+    if not all(type(value) is int for value in exact.flat):
+        return np.asarray(data)
+    low, high = _limits(dtype)
+    if exact.min() < low or exact.max() > high:
+        raise BadRequest(f"input {name!r}: data out of range for {dtype.name}")
+    return exact.astype(dtype)
+
+
 def _holds_booleans(data: Any) -> bool:
     if isinstance(data, list):
         return any(map(_holds_booleans, data))
@@ -144,8 +158,13 @@ def _limits(dtype: np.dtype) -> tuple[int, int] | tuple[float, float]:
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
         return int(info.min), int(info.max)  # exact: a float bound would round 2**63 - 1 up
+    # The largest value that rounds to a finite number, not inf: below max + half an ulp (at
+    # it, the tie goes to the even neighbour, inf). The encoder writes max as the shortest
+    # decimal that rounds back to it (3.4028235e+38 for FP32), which is above max itself.
     finfo = np.finfo(dtype)
-    return float(finfo.min), float(finfo.max)
+    top = float(finfo.max) + float(finfo.max - np.nextafter(finfo.max, dtype.type(0))) / 2
+    high = float(np.nextafter(top, 0.0))
+    return -high, high
 
 
 # JSON data parses as bool, int64, uint64 or float64 arrays; a cast of a value beyond the target's

@@ -53,7 +53,7 @@ def decode_request(body: bytes, header_length: str | None = None) -> InferReques
         _request_id(document.get("id")),
         inputs,
         None if outputs is None else _decode_outputs(outputs),
-        "parameters" in document and _flag(document, "binary_data_output", "the request"),
+        "parameters" in document and bool(_flag(document, "binary_data_output", "the request")),
     )
 
 
@@ -61,16 +61,17 @@ def encode_response(
     result: InferResult, request: InferRequest, request_id: str
 ) -> tuple[bytes, int | None]:
     """The response body, and the JSON header length when binary outputs follow it."""
-    wanted = request.outputs or [(name, False) for name in result.outputs]
+    wanted = request.outputs or [(name, None) for name in result.outputs]
     outputs, chunks = [], []
     for name, binary in wanted:
+        binary = request.binary_outputs if binary is None else binary  # the output's own wins
         array = result.outputs[name]
         entry: dict[str, Any] = {
             "name": name,
             "datatype": result.specs[name].datatype,
             "shape": array.shape,
         }
-        if binary or request.binary_outputs:
+        if binary:
             raw = array.tobytes()  # C order, whatever the array's own layout
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
@@ -92,10 +93,7 @@ def encode_response(
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
-    try:
-        length = int(header_length)
-    except ValueError:
-        length = -1
+    length = int(header_length) if header_length.isdigit() else -1
     if not 0 <= length <= len(body):
         raise BadRequest(
             f"Inference-Header-Content-Length {header_length!r} must be an integer "
@@ -134,10 +132,16 @@ def _decode_inputs(
             raise BadRequest(f"input {name!r} is given twice")
         dtype = dtype_of(raw.get("datatype"), name)
         shape = check_shape(raw.get("shape"), dtype, name)
-        size = _parameters(raw).get("binary_data_size") if "parameters" in raw else None
-        if size is not None:
+        parameters = _parameters(raw) if "parameters" in raw else {}
+        if "binary_data_size" in parameters:
+            size = parameters["binary_data_size"]
+            if "data" in raw:
+                raise BadRequest(f"input {name!r} has both 'data' and binary_data_size")
             if type(size) is not int or size < 0 or offset + size > len(binary):
-                raise BadRequest(f"input {name!r}: binary_data_size {size!r} overruns the body")
+                raise BadRequest(
+                    f"input {name!r}: binary_data_size {repr(size)[:40]} overruns the body "
+                    "or is not a byte count"
+                )
             inputs[name] = from_bytes(binary[offset : offset + size], dtype, shape, name)
             offset += size
         elif "data" in raw:
@@ -165,19 +169,18 @@ def _decode_outputs(raw_outputs: Any) -> tuple[RequestedOutput, ...] | None:
                     f"{where}: parameter {refused!r} (Triton's classification extension) is not "
                     "supported; request the output's scores and take the top classes yourself"
                 )
-        requested[name] = RequestedOutput(
-            name, "parameters" in raw and _flag(raw, "binary_data", where)
-        )
+        binary = _flag(raw, "binary_data", where) if "parameters" in raw else None
+        requested[name] = RequestedOutput(name, binary)
     return tuple(requested.values()) or None
 
 
 _UNSUPPORTED_OUTPUT_PARAMETERS = ("classification", "class_count")
 
 
-def _flag(document: dict[str, Any], parameter: str, where: str) -> bool:
-    """A boolean parameter: absent is false; anything but true or false is a BadRequest."""
-    value = _parameters(document).get(parameter, False)
-    if type(value) is not bool:
+def _flag(document: dict[str, Any], parameter: str, where: str) -> bool | None:
+    """A boolean parameter, None when absent; anything but true or false is a BadRequest."""
+    value = _parameters(document).get(parameter)
+    if value is not None and type(value) is not bool:
         raise BadRequest(
             f"{where}: parameter {parameter!r} must be true or false, got {repr(value)[:40]}"
         )

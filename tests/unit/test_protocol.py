@@ -415,3 +415,84 @@ def test_empty_outputs_list_asks_for_every_output() -> None:
         b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}], "outputs": []}'
     )
     assert v2.decode_request(body).outputs is None
+
+
+@pytest.mark.parametrize("datatype", ["FP16", "FP32"])
+def test_the_largest_finite_float_round_trips(datatype: str) -> None:
+    """max as the encoder writes it (3.4028235e+38 for FP32) is read back as max, not refused."""
+    biggest = np.array([np.finfo(DATATYPES[datatype]).max, -np.finfo(DATATYPES[datatype]).max])
+    encoded, _ = v2.encode_response(
+        _result(y=biggest.astype(DATATYPES[datatype])), InferRequest(None, {}), "r"
+    )
+    written = orjson.loads(encoded)["outputs"][0]["data"]
+    body = orjson.dumps(
+        {"inputs": [{"name": "x", "datatype": datatype, "shape": [2], "data": written}]}
+    )
+    assert v2.decode_request(body).inputs["x"].tolist() == biggest.tolist()
+    beyond = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": datatype,
+                    "shape": [1],
+                    "data": [float(biggest[0]) * 1.001],
+                }
+            ]
+        }
+    )
+    with pytest.raises(BadRequest, match="out of range"):
+        v2.decode_request(beyond)
+
+
+def test_uint64_beyond_int64_is_exact_in_json() -> None:
+    """UINT64 values from 2**63 to 2**64 - 1 are read exactly; past them, or INT64 past 2**63 - 1, out of range."""
+    data = [2**64 - 1, 2**63, 0]
+    body = orjson.dumps(
+        {"inputs": [{"name": "x", "datatype": "UINT64", "shape": [3], "data": data}]}
+    )
+    array = v2.decode_request(body).inputs["x"]
+    assert array.dtype == np.uint64 and array.tolist() == data
+    too_big = b'{"inputs": [{"name": "x", "datatype": "INT64", "shape": [1], "data": [9223372036854775808]}]}'
+    with pytest.raises(BadRequest, match="out of range for int64"):
+        v2.decode_request(too_big)
+
+
+def test_an_outputs_binary_data_false_overrides_binary_data_output() -> None:
+    """Triton: binary_data on an output overrides the request's binary_data_output."""
+    body = (
+        b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}],'
+        b' "parameters": {"binary_data_output": true},'
+        b' "outputs": [{"name": "a", "parameters": {"binary_data": false}}, {"name": "b"}]}'
+    )
+    request = v2.decode_request(body)
+    encoded, length = v2.encode_response(
+        _result(a=np.array([1.0], np.float32), b=np.array([2.0], np.float32)), request, "r"
+    )
+    assert length is not None
+    a, b = orjson.loads(encoded[:length])["outputs"]
+    assert a["data"] == [1.0] and b["parameters"] == {"binary_data_size": 4}
+
+
+@pytest.mark.parametrize(
+    ("body", "header_length", "message"),
+    [
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1], "parameters": {"binary_data_size": 4}}]}\x00\x00\x80\x3f',
+            "113",
+            "both 'data' and binary_data_size",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "parameters": {"binary_data_size": null}}]}',
+            None,
+            "not a byte count",
+        ),
+        (b'{"inputs": []}', "+10", "must be an integer"),
+    ],
+)
+def test_ambiguous_binary_requests_are_refused(
+    body: bytes, header_length: str | None, message: str
+) -> None:
+    """Data given twice, a null size or a signed header length: a 400, never one silently chosen."""
+    with pytest.raises(BadRequest, match=message):
+        v2.decode_request(body, header_length)
