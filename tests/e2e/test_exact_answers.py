@@ -10,11 +10,14 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 from support import (
+    ADMIN,
     IRIS_LABELS,
     IRIS_ROWS,
     GatewayProcess,
     base_config,
+    iris_body,
     make_identity_model,
+    make_renamed_model,
     wait_until,
 )
 from tritonclient.utils import InferenceServerException
@@ -32,7 +35,12 @@ def gateway(
     start_gateway: Callable[..., GatewayProcess],
 ) -> GatewayProcess:
     make_identity_model(model_repo / "identity" / "1" / "model.onnx")
+    renames = {"label": "predicted", "probabilities": "scores"}
+    make_renamed_model(
+        model_repo / "iris/1/model.onnx", model_repo / "iris/renamed/model.onnx", renames
+    )
     models = base_config(model_repo, tmp_path / "data")["models"]
+    models["iris"]["variants"]["renamed"] = {"path": "iris/renamed/model.onnx"}
     models["identity"] = {
         "variants": {
             "a": {"path": "identity/1/model.onnx"},
@@ -175,3 +183,34 @@ def test_v1_columnar_form(gateway: GatewayProcess) -> None:
     assert response.status_code == 200
     outputs = response.json()["outputs"]
     assert outputs["label"] == IRIS_LABELS and np.array(outputs["probabilities"]).shape == (3, 3)
+
+
+def test_type_confused_admin_bodies_change_nothing(gateway: GatewayProcess) -> None:
+    """A bool or a string is not a weight, a bool not a revision: 400 naming the field, state kept."""
+    admin = f"{gateway.url}/admin/models/iris"
+    before = httpx.get(admin, headers=ADMIN).json()
+    for path, body, field in [
+        ("/canary", {"variant": "green", "weight": True}, "weight"),
+        ("/canary", {"variant": "green", "weight": "0.3"}, "weight"),
+        ("/rollback", {"to_revision": True}, "to_revision"),
+        ("/shadows", [{"variant": "mlp", "sample": False}], "sample"),
+    ]:
+        method = "POST" if path == "/rollback" else "PUT"
+        response = httpx.request(method, admin + path, json=body, headers=ADMIN)
+        assert response.status_code == 400 and field in response.json()["error"], response.text
+    assert httpx.get(admin, headers=ADMIN).json() == before
+    served = httpx.post(f"{gateway.url}/v2/models/iris/infer", json=iris_body())
+    assert served.headers["x-gateway-variant"] == before["live"]
+
+
+def test_shadow_with_renamed_outputs_agrees(gateway: GatewayProcess, tmp_path: Path) -> None:
+    """A shadow whose outputs carry other names is compared by position, and its record says so."""
+    shadows = [{"variant": "renamed", "sample": 1.0}]
+    httpx.put(f"{gateway.url}/admin/models/iris/shadows", json=shadows, headers=ADMIN)
+    httpx.post(f"{gateway.url}/v2/models/iris/infer", json=iris_body(IRIS_ROWS))
+    log = tmp_path / "data" / "shadow" / "iris.jsonl"
+    record = json.loads(wait_until(lambda: log.exists() and log.read_text().splitlines()[0]))
+    assert record["compared"] == "label=predicted,probabilities=scores"
+    assert (
+        record["agree"] == "1" and json.loads(record["shadow_output"])["predicted"] == IRIS_LABELS
+    )
