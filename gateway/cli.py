@@ -60,6 +60,9 @@ def serve(args: argparse.Namespace) -> int:
         "log_level": args.log_level,
         "access_log": False,  # our own access log is in the app (settings.access_log)
         "server_header": False,  # no need to tell the world which server we run
+        # uvicorn's X-Forwarded-* middleware rewrites the client address and scheme, which the
+        # gateway never reads: without it a request skips a coroutine and a scan of its headers.
+        "proxy_headers": False,
         # uvicorn's httptools protocol: writes batched when busy, request heads bounded. Made
         # with the limits by uvicorn in each worker (a partial survives the trip to workers).
         "http": functools.partial(

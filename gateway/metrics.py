@@ -39,6 +39,7 @@ from gateway.routing.state import RoutingState
 log = logging.getLogger(__name__)
 
 METRICS_DIR_ENV = "GATEWAY_METRICS_DIR"
+INFLIGHT, STALE = 0, 1  # a worker's gauges (gateway.metric_values.GAUGES), by index
 
 # From 100 µs to 10 s (README, "Metrics and logs"), about three buckets a decade.
 BUCKETS = (
@@ -176,7 +177,7 @@ class Metrics:
             self.requests, self.request_duration, self.inference_duration,
             self.shadow_records, self.shadow_comparisons,
         ]  # fmt: skip
-        self._gauges = values.gauges  # in-flight requests, routing stale
+        self.gauges = values.gauges  # this worker's: [INFLIGHT] requests, [STALE] routing
         # observe_request's slots by its own arguments: one lookup, no label strings to build.
         self._request_slots: dict[tuple[str, str, str, int], tuple[Slot, Slot]] = {}
         self._peers: dict[str, PeerValues] = {}
@@ -186,20 +187,20 @@ class Metrics:
     @property
     def inflight(self) -> float:
         """Inference requests this worker is handling now."""
-        return self._gauges[0]
+        return self.gauges[INFLIGHT]
 
     @inflight.setter
     def inflight(self, value: float) -> None:
-        self._gauges[0] = value
+        self.gauges[INFLIGHT] = value
 
     @property
     def routing_stale(self) -> bool:
         """Whether this worker serves last-known routing it could not confirm with Redis."""
-        return self._gauges[1] != 0.0
+        return self.gauges[STALE] != 0.0
 
     @routing_stale.setter
     def routing_stale(self, stale: bool) -> None:
-        self._gauges[1] = 1.0 if stale else 0.0
+        self.gauges[STALE] = 1.0 if stale else 0.0
 
     def observe_request(
         self, model: str, variant: str, role: str, code: int, seconds: float

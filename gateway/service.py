@@ -76,8 +76,8 @@ class InferenceService:
             raise Unavailable(f"the gateway is not ready yet: {self.unready_reason}")
         session.validate(request.inputs)
         names = _output_names(session, request)
-        outputs, elapsed = await self.runner.run(session, request.inputs, names, self.timeout)
         rows = batch_rows(request.inputs)
+        outputs, elapsed = await self.runner.run(session, request.inputs, names, self.timeout, rows)
         self.metrics.observe_inference(session.model, route.variant, elapsed, rows)
         result = InferResult(
             session.model, route.variant, route.role, route.revision, outputs, session.output_specs

@@ -21,6 +21,7 @@ from gateway.errors import GatewayError, Unavailable
 from gateway.http.body import Headers, Receive, read_body
 from gateway.http.compression import encode_body, response_coding
 from gateway.http.responses import INTERNAL_ERROR
+from gateway.metrics import INFLIGHT
 from gateway.protocol import v1, v2
 from gateway.routing import Route
 from gateway.runtime import ModelSession
@@ -105,12 +106,12 @@ class InferenceEndpoint:
         decoded: InferRequest,
         request_id: str,
     ) -> tuple[bytes, RawHeaders]:
-        metrics = service.metrics
-        metrics.inflight += 1
+        gauges = service.metrics.gauges  # written in place: no property call on the hot path
+        gauges[INFLIGHT] += 1
         try:
             result = await service.infer(session, route, decoded, request_id)
         finally:
-            metrics.inflight -= 1
+            gauges[INFLIGHT] -= 1
         payload, header_length = self._encode(result, decoded, request_id)
         if header_length is None:
             return payload, JSON

@@ -34,10 +34,17 @@ class Runner:
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="gateway-infer")
 
     async def run(
-        self, session: ModelSession, inputs: Outputs, output_names: list[str], timeout: float
+        self,
+        session: ModelSession,
+        inputs: Outputs,
+        output_names: list[str],
+        timeout: float,
+        rows: int | None = None,
     ) -> tuple[Outputs, float]:
-        """The outputs and the run's own duration; InferenceTimeout after `timeout` seconds."""
-        rows = batch_rows(inputs)
+        """The outputs and the run's own duration; InferenceTimeout after `timeout` seconds.
+        `rows`: the inputs' batch rows, when the caller has counted them already."""
+        if rows is None:
+            rows = batch_rows(inputs)
         if session.expected_seconds(rows) < self.inline_below_s:
             return _timed_run(session, inputs, output_names, None, rows)
         options = ort.RunOptions()
