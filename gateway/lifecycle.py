@@ -29,6 +29,7 @@ from gateway.control import (
 )
 from gateway.errors import ConfigError, Conflict, Unavailable
 from gateway.metrics import METRICS_DIR_ENV, Metrics
+from gateway.monitoring import Monitor
 from gateway.routing import RoutingState, RoutingTable
 from gateway.runtime import ModelRepository, Runner, load_repository
 from gateway.service import InferenceService
@@ -49,6 +50,7 @@ class Gateway:
     shadow_log: ShadowLog
     runner: Runner
     service: InferenceService
+    monitor: Monitor
 
     def __init__(
         self,
@@ -95,6 +97,11 @@ class Gateway:
             repository, table, self.runner, self.metrics, self.shadow_log,
             settings.request_timeout_s,
         )  # fmt: skip
+        self.monitor = Monitor(
+            settings, repository, table, self.metrics, self.metrics.registry, self._redis
+        )
+        await self.monitor.start()
+        self.service.observe = self.shadow_log.observe = self.monitor.observe
         self.control.watch(self._reload_from_peer)
         if settings.access_log:
             self.access_log = AccessLog()
@@ -111,6 +118,7 @@ class Gateway:
         if self.access_log is not None:
             self.access_log.stop()
         await self.control.stop()
+        await self.monitor.stop()
         await self.shadow_log.close()
         self.runner.close()
         if self._redis is not None:
@@ -163,6 +171,7 @@ class Gateway:
         self.service.repository = repository
         self.shadow_log.repository = repository
         self.shadow_log.log_inputs = {n: m.log_inputs for n, m in settings.models.items()}
+        self.monitor.configure(settings, repository)
         self.service.table.replace_all(kept)
         for model, state in kept.items():
             self._publish_routing(model, state)

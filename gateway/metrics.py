@@ -173,9 +173,20 @@ class Metrics:
             values, "gateway_shadow_comparisons", "Shadow answers compared with live answers.",
             ["model", "variant", "agree"], histogram=False,
         )  # fmt: skip
+        self.feedback_counts = Family(
+            values, "gateway_feedback",
+            "Feedback items by outcome: joined with a variant's answer, or unmatched.",
+            ["model", "variant", "outcome"], histogram=False,
+        )  # fmt: skip
+        self.monitor_drops = Family(
+            values, "gateway_monitor_dropped",
+            "Answers not monitored: more were waiting than the monitor holds.",
+            ["model"], histogram=False,
+        )  # fmt: skip
         self.families = [
             self.requests, self.request_duration, self.inference_duration,
-            self.shadow_records, self.shadow_comparisons,
+            self.shadow_records, self.shadow_comparisons, self.feedback_counts,
+            self.monitor_drops,
         ]  # fmt: skip
         self.gauges = values.gauges  # this worker's: [INFLIGHT] requests, [STALE] routing
         # observe_request's slots by its own arguments: one lookup, no label strings to build.
@@ -233,6 +244,13 @@ class Metrics:
 
     def shadow_comparison(self, model: str, variant: str, agree: bool) -> None:
         self.shadow_comparisons.inc((model, variant, "true" if agree else "false"))
+
+    def feedback(self, model: str, variant: str, outcome: str, count: int) -> None:
+        """Count feedback items; unmatched ones have no variant ("")."""
+        self.feedback_counts.slot((model, variant, outcome))[0] += count
+
+    def monitor_dropped(self, model: str) -> None:
+        self.monitor_drops.inc((model,))
 
     def set_routing(self, model: str, state: RoutingState, variants: Iterable[str]) -> None:
         """Publish one model's routing: revision, live variant and canary weight per variant."""

@@ -10,7 +10,7 @@ from gateway.errors import BadRequest, NotFound, Unavailable
 from gateway.metrics import Metrics
 from gateway.routing import Route, RoutingTable, choose_variant, sample_shadows
 from gateway.runtime import ModelRepository, ModelSession, Runner, batch_rows
-from gateway.shadow import ShadowJob, ShadowLog
+from gateway.shadow import Observe, ShadowJob, ShadowLog
 from gateway.types import InferRequest, InferResult
 
 DIRECT = "direct"
@@ -35,6 +35,8 @@ class InferenceService:
         self.shadow_log = shadow_log
         self.timeout = timeout
         self.ready = False
+        # Handed every answer (the monitor's `observe`, README "Monitoring"), if set.
+        self.observe: Observe | None = None
         self.unready_reason = "models are still loading"  # what a 503 says while not ready
 
     def route(self, model: str, headers: Mapping[bytes, bytes]) -> Route:
@@ -82,6 +84,10 @@ class InferenceService:
         result = InferResult(
             session.model, route.variant, route.role, route.revision, outputs, session.output_specs
         )
+        if self.observe is not None:
+            self.observe(
+                session.model, route.variant, route.role, request_id, request.inputs, outputs
+            )
         if route.shadows:
             for shadow in sample_shadows(route.shadows):
                 self.shadow_log.submit(

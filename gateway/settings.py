@@ -8,7 +8,7 @@ deploy/gw.yaml` works from any working directory.
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import (
@@ -70,12 +70,45 @@ class RoutingConfig(_Frozen):
         return value.lower() if value else None
 
 
+class MonitoringConfig(_Frozen):
+    """Input and output monitoring of one model (README "Monitoring")."""
+
+    enabled: bool = Field(default=True, description="False: no live profile, drift or feedback.")
+    reference: str | None = Field(
+        default=None,
+        description="File of representative inputs (.npz, .csv or .parquet), relative to the "
+        "config file; a profile pinned through the admin API replaces it.",
+    )
+    reference_from_live: int = Field(
+        default=0,
+        ge=0,
+        description="With no reference yet: pin one from the first this many live rows (0: no).",
+    )
+    window_s: float = Field(default=300.0, gt=0, description="Live profiles cover this window.")
+    bins: int = Field(default=10, ge=2, le=100, description="Quantile bins per numeric feature.")
+    max_features: int = Field(
+        default=32, ge=1, le=1000, description="Input features tracked, and output features."
+    )
+    task: Literal["classification", "regression"] | None = Field(
+        default=None,
+        description="How feedback is scored; default: classification when the model has an "
+        "integer label output, else regression on its first output's first column.",
+    )
+    prediction_output: str | None = Field(
+        default=None, description="The output that feedback is compared with (default above)."
+    )
+    psi_threshold: float = Field(
+        default=0.25, gt=0, description="PSI above which the monitor report flags drift."
+    )
+
+
 class ModelConfig(_Frozen):
     """A public model name with its variants and initial routing."""
 
     variants: dict[Name, VariantConfig] = Field(min_length=1)
     routing: RoutingConfig
     log_inputs: bool = Field(default=True, description="False keeps inputs out of the shadow log.")
+    monitoring: MonitoringConfig = MonitoringConfig()
 
     @model_validator(mode="after")
     def _routing_names_known_variants(self) -> Self:
@@ -159,6 +192,15 @@ class Settings(_Frozen):
         default=1, gt=0, description="Shadow threads (background priority), each one run at once."
     )
     access_log: bool = Field(default=False, description="Write one JSON line per request.")
+    feedback_ttl_s: float = Field(
+        default=3600.0, gt=0, description="How long answers are kept for feedback to join."
+    )
+    feedback_max_predictions: int = Field(
+        default=100_000, gt=0, description="Embedded mode: answers kept for feedback at most."
+    )
+    monitor_interval_s: float = Field(
+        default=1.0, gt=0, description="How often live profiles are folded, shared and compared."
+    )
     admin_token: SecretStr | None = Field(
         default=None, description="Bearer token of the admin API; unset or empty turns it off."
     )
@@ -174,10 +216,23 @@ class Settings(_Frozen):
 
     def resolve(self, base: Path) -> "Settings":
         """The same settings with relative paths made absolute against `base`."""
+        models = {
+            name: model.model_copy(
+                update={
+                    "monitoring": model.monitoring.model_copy(
+                        update={"reference": str((base / model.monitoring.reference).resolve())}
+                    )
+                }
+            )
+            if model.monitoring.reference is not None
+            else model
+            for name, model in self.models.items()
+        }
         return self.model_copy(
             update={
                 "model_repository": (base / self.model_repository).resolve(),
                 "data_dir": (base / self.data_dir).resolve(),
+                "models": models,
             }
         )
 

@@ -23,7 +23,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -40,6 +40,8 @@ from gateway.types import InferResult
 log = logging.getLogger(__name__)
 
 Record = dict[str, str]
+Finished = tuple["ShadowJob", Record | None, dict[str, np.ndarray]]
+Observe = Callable[[str, str, str, str, dict[str, np.ndarray], dict[str, np.ndarray]], None]
 FLUSH_INTERVAL_S = 0.1
 RETRY_INTERVAL_S = 1.0
 BATCH_SIZE = 500
@@ -131,7 +133,9 @@ class ShadowLog:
         self._jobs: queue.SimpleQueue[ShadowJob | None] = queue.SimpleQueue()  # None: stop
         self._running: dict[int, tuple[ShadowJob, ort.RunOptions]] = {}  # by thread id
         # Threads append, the writer pops: both are atomic on a deque, no lock needed.
-        self._finished: collections.deque[tuple[ShadowJob, Record | None]] = collections.deque()
+        self._finished: collections.deque[Finished] = collections.deque()
+        # Called on the event loop with each shadow answer (the monitor's `observe`), if set.
+        self.observe: Observe | None = None
         self._buffer: list[tuple[str, Record]] = []
         self._threads: list[threading.Thread] = []
         self._writer: asyncio.Task[None] | None = None
@@ -189,15 +193,16 @@ class ShadowLog:
             options = ort.RunOptions()
             self._running[thread] = (job, options)
             record: Record | None = None
+            outputs: dict[str, np.ndarray] = {}
             try:
-                record = self._run(job, options)
+                record, outputs = self._run(job, options)
             except Exception:  # a broken shadow must never stop the thread
                 log.exception("shadow run of %s/%s failed", job.model, job.variant)
             finally:
                 del self._running[thread]
-            self._finished.append((job, record))
+            self._finished.append((job, record, outputs))
 
-    def _run(self, job: ShadowJob, options: ort.RunOptions) -> Record:
+    def _run(self, job: ShadowJob, options: ort.RunOptions) -> tuple[Record, dict[str, np.ndarray]]:
         session = self.repository.session(job.model, job.variant)
         pairs = compared_outputs(job.live, session.output_names)
         names = [shadow for _, shadow in pairs] or session.output_names
@@ -211,7 +216,7 @@ class ShadowLog:
             outputs, error = {}, exc.message
         seconds = time.thread_time() - started
         yield_gil()  # between the run and the comparison and encoding
-        return self._record(job, outputs, pairs, seconds, error)
+        return self._record(job, outputs, pairs, seconds, error), outputs
 
     def _record(
         self,
@@ -248,11 +253,15 @@ class ShadowLog:
     def _collect(self) -> None:
         """Count the finished runs and move their records into the buffer (or drop them)."""
         while self._finished:
-            job, record = self._finished.popleft()
+            job, record, outputs = self._finished.popleft()
             if record is None or "error" in record:
                 self._metrics.shadow_record(job.model, job.variant, "error")
             else:
                 self._metrics.shadow_comparison(job.model, job.variant, record["agree"] == "1")
+                if self.observe is not None:
+                    self.observe(
+                        job.model, job.variant, "shadow", job.request_id, job.inputs, outputs
+                    )
             if record is None:
                 continue
             if len(self._buffer) >= self._queue_size:

@@ -18,26 +18,26 @@ from gateway.routing import RoutingState, Shadow
 ADMIN_BODY_LIMIT = 64 * 1024
 
 
-class _Body(BaseModel):
+class StrictBody(BaseModel):
     # Strict: a bool or a string is never a number, a float never a revision (README "Admin").
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
-class CanaryBody(_Body):
+class CanaryBody(StrictBody):
     variant: str
     weight: float
 
 
-class FlipBody(_Body):
+class FlipBody(StrictBody):
     to: str
 
 
-class ShadowBody(_Body):
+class ShadowBody(StrictBody):
     variant: str
     sample: float = 1.0
 
 
-class RollbackBody(_Body):
+class RollbackBody(StrictBody):
     to_revision: int | None = None
 
 
@@ -62,8 +62,11 @@ def _gateway(request: Request) -> Gateway:
     return gateway
 
 
-async def _parse(request: Request, adapter: Any, optional: bool = False) -> Any:
-    raw = await read_body(request.receive, dict(request.scope["headers"]), ADMIN_BODY_LIMIT)
+async def parse_body(
+    request: Request, adapter: Any, optional: bool = False, limit: int = ADMIN_BODY_LIMIT
+) -> Any:
+    """The JSON body validated by `adapter` (strict types); BadRequest naming each field."""
+    raw = await read_body(request.receive, dict(request.scope["headers"]), limit)
     if optional and not raw.strip():
         raw = b"{}"
     try:
@@ -89,7 +92,7 @@ def _answer(gateway: Gateway, model: str, state: RoutingState) -> Response:
     return json_response(state_json(gateway, model, state))
 
 
-def _authorized(request: Request) -> tuple[Gateway, str]:
+def authorized(request: Request) -> tuple[Gateway, str]:
     """The running gateway (after the token check) and the model named in the path."""
     return _gateway(request), request.path_params["model"]
 
@@ -101,49 +104,49 @@ async def list_models(request: Request) -> Response:
 
 
 async def get_model(request: Request) -> Response:
-    gateway, model = _authorized(request)
+    gateway, model = authorized(request)
     return _answer(gateway, model, gateway.service.table.get(model))
 
 
 async def history(request: Request) -> Response:
-    gateway, model = _authorized(request)
+    gateway, model = authorized(request)
     entries = await gateway.control.history(model)
     return json_response([entry.to_dict() for entry in entries])
 
 
 async def put_canary(request: Request) -> Response:
-    gateway, model = _authorized(request)
-    body = await _parse(request, _CANARY)
+    gateway, model = authorized(request)
+    body = await parse_body(request, _CANARY)
     return _answer(
         gateway, model, await gateway.control.set_canary(model, body.variant, body.weight)
     )
 
 
 async def delete_canary(request: Request) -> Response:
-    gateway, model = _authorized(request)
+    gateway, model = authorized(request)
     return _answer(gateway, model, await gateway.control.abort_canary(model))
 
 
 async def promote(request: Request) -> Response:
-    gateway, model = _authorized(request)
+    gateway, model = authorized(request)
     return _answer(gateway, model, await gateway.control.promote(model))
 
 
 async def flip(request: Request) -> Response:
-    gateway, model = _authorized(request)
-    body = await _parse(request, _FLIP)
+    gateway, model = authorized(request)
+    body = await parse_body(request, _FLIP)
     return _answer(gateway, model, await gateway.control.flip(model, body.to))
 
 
 async def put_shadows(request: Request) -> Response:
-    gateway, model = _authorized(request)
-    shadows = [Shadow(body.variant, body.sample) for body in await _parse(request, _SHADOWS)]
+    gateway, model = authorized(request)
+    shadows = [Shadow(body.variant, body.sample) for body in await parse_body(request, _SHADOWS)]
     return _answer(gateway, model, await gateway.control.set_shadows(model, shadows))
 
 
 async def rollback(request: Request) -> Response:
-    gateway, model = _authorized(request)
-    body = await _parse(request, _ROLLBACK, optional=True)
+    gateway, model = authorized(request)
+    body = await parse_body(request, _ROLLBACK, optional=True)
     return _answer(gateway, model, await gateway.control.rollback(model, body.to_revision))
 
 

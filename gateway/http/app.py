@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from gateway.http import admin, endpoints
+from gateway.http import admin, endpoints, monitoring
 from gateway.http.body import Receive
 from gateway.http.inference import InferenceEndpoint, Scope, Send
 from gateway.http.responses import EXCEPTION_HANDLERS
@@ -73,7 +73,12 @@ def create_app(
             await gateway.stop()
 
     app = GatewayApp(
-        routes=[*endpoints.ROUTES, *admin.ROUTES],
+        routes=[
+            *endpoints.ROUTES,
+            *monitoring.DATA_ROUTES,
+            *admin.ROUTES,
+            *monitoring.ADMIN_ROUTES,
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
