@@ -41,6 +41,28 @@ def _shadow_spec(text: str) -> dict[str, Any]:
         raise argparse.ArgumentTypeError(f"{text!r}: expected VARIANT or VARIANT:SAMPLE") from None
 
 
+def _feedback_item(text: str) -> dict[str, Any]:
+    request_id, _, truth = text.rpartition("=")
+    try:
+        values = [json.loads(part) for part in truth.split(",")]
+        if not request_id or not all(type(v) in (int, float) for v in values):
+            raise ValueError(truth)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected REQUEST_ID=NUMBER[,NUMBER...]"
+        ) from None
+    return {"request_id": request_id, "truth": values[0] if len(values) == 1 else values}
+
+
+def _monitor_request(args: argparse.Namespace) -> Request:
+    path = f"/admin/models/{args.model}"
+    if args.pin_reference:
+        return "POST", f"{path}/reference", {"rows": args.rows} if args.rows else None
+    if args.clear_reference:
+        return "DELETE", f"{path}/reference", None
+    return "GET", f"{path}/monitor", None
+
+
 MODEL = ("model", {"help": "model name"})
 ADMIN_COMMANDS = (
     AdminCommand(
@@ -85,6 +107,22 @@ ADMIN_COMMANDS = (
         "reload", "re-read the config file and load new or changed variants", (),
         lambda a: ("POST", "/admin/reload", None),
     ),
+    AdminCommand(
+        "monitor", "show a model's drift, output distribution and online metrics",
+        (MODEL,
+         ("--json", {"action": "store_true", "help": "print the admin API's JSON"}),
+         ("--pin-reference", {"action": "store_true",
+                              "help": "pin a reference profile from recent live rows"}),
+         ("--rows", {"type": int, "help": "with --pin-reference: the last ROWS rows"}),
+         ("--clear-reference", {"action": "store_true", "help": "remove the reference profile"})),
+        _monitor_request,
+    ),
+    AdminCommand(
+        "feedback", "send ground truth for earlier answers (REQUEST_ID=TRUTH, TRUTH a number "
+        "or comma-separated numbers, one per row)",
+        (MODEL, ("items", {"nargs": "+", "type": _feedback_item, "metavar": "REQUEST_ID=TRUTH"})),
+        lambda a: ("POST", f"/v2/models/{a.model}/feedback", a.items),
+    ),
 )  # fmt: skip
 _BY_NAME = {command.name: command for command in ADMIN_COMMANDS}
 
@@ -101,7 +139,7 @@ def run_admin_command(args: argparse.Namespace) -> int:
         message = answer.get("error") if isinstance(answer, dict) else answer
         print(f"gateway: {status}: {message}", file=sys.stderr)
         return 1
-    print(render(answer))
+    print(json.dumps(answer, indent=2) if getattr(args, "json", False) else render(answer))
     return 0
 
 
@@ -126,6 +164,10 @@ def call(url: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
 
 def render(answer: Any) -> str:
     """Routing states as a table; history as one line per revision; anything else as JSON."""
+    if isinstance(answer, dict) and "psi_threshold" in answer:
+        from gateway.monitoring.view import render_report  # rich: only when a report is drawn
+
+        return render_report(answer)
     if isinstance(answer, dict) and "models" in answer:
         answer = answer["models"]
     if isinstance(answer, dict) and "live" in answer:

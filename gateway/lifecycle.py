@@ -29,7 +29,7 @@ from gateway.control import (
 )
 from gateway.errors import ConfigError, Conflict, Unavailable
 from gateway.metrics import METRICS_DIR_ENV, Metrics
-from gateway.monitoring import Monitor
+from gateway.monitoring.monitor import Monitor
 from gateway.routing import RoutingState, RoutingTable
 from gateway.runtime import ModelRepository, Runner, load_repository
 from gateway.service import InferenceService

@@ -12,7 +12,7 @@ from gateway.errors import Unavailable
 from gateway.http.admin import StrictBody, authorized, parse_body
 from gateway.http.responses import json_response
 from gateway.lifecycle import Gateway
-from gateway.monitoring import Feedback
+from gateway.monitoring.monitor import Feedback
 
 MAX_FEEDBACK_ITEMS = 10_000
 Truth = float | Annotated[list[float], Field(min_length=1, max_length=100_000)]

@@ -1,5 +1,2 @@
-"""Model monitoring: live profiles, drift against a reference, online metrics from feedback."""
-
-from gateway.monitoring.monitor import Feedback, Monitor
-
-__all__ = ["Feedback", "Monitor"]
+"""Model monitoring (README "Monitoring"): live profiles, drift against a reference, online
+metrics from feedback. `monitor.Monitor` is the entry point; `view` draws reports for the CLI."""

@@ -51,7 +51,7 @@ class MemoryFeedback:
         self._scores: dict[str, Scores] = {}
 
     async def keep(self, model: str, predictions: list[tuple[str, str, bytes]]) -> None:
-        now = time.monotonic()
+        now = time.time()
         kept = self._kept
         for request_id, variant, value in predictions:
             key = (model, request_id, variant)
@@ -64,7 +64,7 @@ class MemoryFeedback:
     async def take(
         self, model: str, request_ids: list[str], variants: list[str]
     ) -> list[dict[str, bytes]]:
-        self._expire(time.monotonic())
+        self._expire(time.time())
         found = []
         for request_id in request_ids:
             answers = {}
@@ -102,10 +102,12 @@ class RedisFeedback:
         self.ttl_s = ttl_s
 
     async def keep(self, model: str, predictions: list[tuple[str, str, bytes]]) -> None:
-        minute = int(time.time() // 60)
-        key = PREDICTIONS_KEY.format(model=model, minute=minute)
+        now = time.time()
+        key = PREDICTIONS_KEY.format(model=model, minute=int(now // 60))
+        stamp = b"%.3f\x1f" % now  # the TTL holds to the second, not to the hash's minute
         mapping = {
-            f"{request_id}\x1f{variant}": value for request_id, variant, value in predictions
+            f"{request_id}\x1f{variant}": stamp + value
+            for request_id, variant, value in predictions
         }
         async with self._client.pipeline(transaction=False) as pipe:
             pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
@@ -130,7 +132,9 @@ class RedisFeedback:
         for key, values in zip(keys, answers, strict=True):
             for name, value in zip(fields, values, strict=True):
                 if value is not None and name not in found:
-                    found[name] = (key, value)
+                    stamp, _, prediction = value.partition(b"\x1f")
+                    if now - float(stamp) <= self.ttl_s:
+                        found[name] = (key, prediction)
         if found:
             async with self._client.pipeline(transaction=False) as pipe:
                 for name, (key, _) in found.items():

@@ -207,13 +207,7 @@ class Monitor:
     async def tick(self) -> None:
         """Fold what was observed, keep predictions, share and merge windows, compute."""
         now = time.time()
-        pending, self._pending = self._pending, []
-        predictions = self._fold(pending, now)
-        for model, kept in predictions.items():
-            try:
-                await self.feedback_store.keep(model, kept)
-            except (aioredis.RedisError, OSError) as exc:
-                log.warning("predictions of %s not kept for feedback: %s", model, exc)
+        await self._fold_pending(now)
         for model in sorted(self._enabled):
             with contextlib.suppress(Unavailable):
                 await self._refresh_reference(model)
@@ -226,6 +220,15 @@ class Monitor:
             self._reports[model] = self._report(model, merged)
 
     # -- folding -----------------------------------------------------------------------------
+
+    async def _fold_pending(self, now: float) -> None:
+        """Fold what was observed since the last fold; keep its predictions for feedback."""
+        pending, self._pending = self._pending, []
+        for model, kept in self._fold(pending, now).items():
+            try:
+                await self.feedback_store.keep(model, kept)
+            except (aioredis.RedisError, OSError) as exc:
+                log.warning("predictions of %s not kept for feedback: %s", model, exc)
 
     def _fold(self, pending: list[Observed], now: float) -> dict[str, list[tuple[str, str, bytes]]]:
         groups: dict[tuple[str, str, str], list[Observed]] = {}
@@ -497,6 +500,7 @@ class Monitor:
     async def feedback(self, model: str, items: list[Feedback]) -> dict[str, Any]:
         """Join ground truth with the kept predictions of every variant; score them."""
         self._check(model)
+        await self._fold_pending(time.time())  # answers of this worker not folded yet join too
         variants = sorted(self.repository.variants(model))
         try:
             found = await self.feedback_store.take(
