@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
 
 from gateway.http.endpoints import ROUTES
 from gateway.metrics import Metrics
+from gateway.monitoring.monitor import _Gauges
 from gateway.routing.state import Canary, RoutingState
 from gateway.settings import Settings
 
@@ -34,27 +36,71 @@ REQUIRED_ALERTS = {
     "GatewayCanaryP99AboveLive",
     "GatewayShadowRecordsDropped",
     "GatewayNotReady",
+    "GatewayFeatureDrift",
+    "GatewayOutputDrift",
+    "GatewayOnlineAccuracyBelowLive",
+    "GatewayOnlineErrorAboveLive",
+    "GatewayFeatureMissingValues",
 }
+# Model monitoring's series (README "Monitoring"): the gauges the monitor exports at each scrape,
+# and the counters of Metrics it records.
+MONITORING_METRICS = {
+    "gateway_feature_drift": {"model", "variant", "feature", "statistic"},
+    "gateway_output_drift": {"model", "variant", "output", "statistic"},
+    "gateway_feature_missing_ratio": {"model", "variant", "feature"},
+    "gateway_feature_out_of_range_ratio": {"model", "variant", "feature"},
+    "gateway_output_class_ratio": {"model", "variant", "output", "class"},
+    "gateway_monitor_window_rows": {"model", "variant"},
+    "gateway_online_metric": {"model", "variant", "metric"},
+    "gateway_feedback_total": {"model", "variant", "outcome"},
+    "gateway_monitor_dropped_total": {"model"},
+}
+ROUTING_METRICS = {"gateway_live_variant", "gateway_canary_weight"}
 
 # --- what the gateway exports ------------------------------------------------------------------
 
 
 @cache
 def exported() -> dict[str, frozenset[str]]:
-    """Sample name -> label names of a fresh Metrics, with one child of every collector."""
-    metrics = Metrics(CollectorRegistry())
+    """Sample name -> label names of a fresh Metrics and the monitor's gauges, one child each."""
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
     # Labelled collectors export no sample until a child exists; the recording methods make one.
     metrics.observe_request("m", "blue", "live", 200, 0.01)
     metrics.observe_inference("m", "blue", 0.01)
     metrics.shadow_record("m", "green", "logged")
     metrics.shadow_comparison("m", "green", True)
     metrics.set_routing("m", RoutingState(live="blue", canary=Canary("green", 0.1)), ["blue"])
+    metrics.feedback("m", "blue", "joined", 1)
+    metrics.monitor_dropped("m")
+    registry.register(MonitoringGauges())
     series: dict[str, set[str]] = {}
-    for family in metrics.registry.collect():
+    for family in registry.collect():
         assert family.samples, f"{family.name} exports nothing: record a sample of it above"
         for sample in family.samples:
             series.setdefault(sample.name, set()).update(sample.labels)
     return {name: frozenset(labels) for name, labels in series.items()}
+
+
+class MonitoringGauges:
+    """The monitor's gauges of one scrape, for one variant with every statistic known."""
+
+    def collect(self) -> Iterator[Metric]:
+        gauges = _Gauges()
+        drift = {"psi": 0.3, "wasserstein": 1.5}
+        feature = {"feature": "x", **drift, "missing_ratio": 0.0, "out_of_range_ratio": 0.1}
+        gauges.add(
+            "m",
+            "blue",
+            {
+                "rows": 100,
+                "inputs": [feature],
+                "outputs": [{"output": "score", **drift}],
+                "classes": {"label": {"psi": 0.2, "shares": {"0": 0.5, "1": 0.5}}},
+                "online": {"accuracy": 0.9, "mae": 0.1, "rmse": 0.2},
+            },
+        )
+        yield from gauges.all()
 
 
 def known_metrics() -> dict[str, frozenset[str]]:
@@ -136,6 +182,17 @@ def label_uses(expr: str) -> Iterator[tuple[str, str]]:
             yield from ((metric, label) for label in labels)
 
 
+def balanced(expr: str) -> bool:
+    """Whether every bracket of the expression (strings aside) closes, and in order."""
+    pairs, stack = {")": "(", "]": "[", "}": "{"}, []
+    for char in STRING.sub('""', expr):
+        if char in "([{":
+            stack.append(char)
+        elif char in pairs and (not stack or stack.pop() != pairs[char]):
+            return False
+    return not stack
+
+
 def unknown_metrics(expr: str) -> set[str]:
     return metric_names(expr) - known_metrics().keys()
 
@@ -169,8 +226,30 @@ def all_panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from panel.get("panels", [])
 
 
+def row_panels(dashboard: dict[str, Any], title: str) -> list[dict[str, Any]]:
+    """The panels of a row: folded into it when collapsed, else those up to the next row."""
+    panels: list[dict[str, Any]] | None = None
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            if panels is not None:
+                break
+            if panel["title"] == title:
+                panels = list(panel.get("panels", []))
+        elif panels is not None:
+            panels.append(panel)
+    assert panels, f"no row {title!r} with panels"
+    return panels
+
+
 def alert_rules() -> list[dict[str, Any]]:
     return [rule for group in load_alerts()["groups"] for rule in group["rules"]]
+
+
+def alert_group(name: str) -> dict[str, dict[str, Any]]:
+    """One rule group's rules, by alert name."""
+    groups = {group["name"]: group["rules"] for group in load_alerts()["groups"]}
+    assert name in groups, f"no rule group {name!r}"
+    return {rule["alert"]: rule for rule in groups[name]}
 
 
 LABEL_VALUES = re.compile(r"^label_values\((?:(?P<selector>.+),\s*)?(?P<label>\w+)\)$")
@@ -237,6 +316,14 @@ def test_scanner_finds_metric_names_and_skips_the_rest() -> None:
     assert metric_names(expr) == {"gateway_bogus_bucket", "other_metric", "up", "x:recorded"}
 
 
+def test_scanner_checks_brackets() -> None:
+    """Unclosed, extra or crossed brackets are caught; brackets inside strings are not."""
+    assert balanced('sum by (model) (rate(x{code=~"5(.."}[5m]))')
+    assert not balanced("sum by (model) (rate(x[5m])")
+    assert not balanced("rate(x[5m)]")
+    assert not balanced("x)")
+
+
 def test_scanner_reports_unknown_metrics_and_labels() -> None:
     """A misspelt metric, an unknown matcher label and an unknown grouping label are caught."""
     assert unknown_metrics("rate(gateway_request_total[5m])") == {"gateway_request_total"}
@@ -255,6 +342,7 @@ def test_exported_metrics_are_the_contract_ones() -> None:
     assert {"gateway_canary_weight", "gateway_live_variant", "gateway_routing_revision"} <= set(
         metrics
     )
+    assert {name: metrics[name] for name in MONITORING_METRICS} == MONITORING_METRICS
 
 
 # --- the dashboard -----------------------------------------------------------------------------
@@ -313,11 +401,55 @@ def test_dashboard_covers_every_gateway_metric() -> None:
     assert any('agree="true"' in expr for expr in targets)
 
 
+def test_monitoring_row_covers_the_monitoring_metrics() -> None:
+    """The "Model monitoring" row reads only monitoring and routing series, every one of them,
+    filtered by the model variable; its PSI panels draw the 0.1 and 0.25 thresholds."""
+    panels = row_panels(load_dashboard(), "Model monitoring")
+    targets = {
+        f"{panel['title']!r} {target['refId']}": target["expr"]
+        for panel in panels
+        for target in panel["targets"]
+    }
+    used = set().union(*(metric_names(expr) for expr in targets.values()))
+    assert used <= MONITORING_METRICS.keys() | ROUTING_METRICS
+    assert used >= MONITORING_METRICS.keys()
+    for where, expr in targets.items():
+        assert 'model=~"$model"' in expr, where
+    psi_panels = [
+        panel
+        for panel in panels
+        if any('statistic="psi"' in target["expr"] for target in panel["targets"])
+    ]
+    assert len(psi_panels) == 2  # input and output drift
+    for panel in psi_panels:
+        defaults = panel["fieldConfig"]["defaults"]
+        steps = [step["value"] for step in defaults["thresholds"]["steps"]]
+        assert steps == [None, 0.1, 0.25], panel["title"]
+        assert defaults["custom"]["thresholdsStyle"]["mode"].startswith("line"), panel["title"]
+    per_variant = [
+        expr
+        for expr in targets.values()
+        if metric_names(expr) & {"gateway_online_metric", "gateway_output_class_ratio"}
+    ]
+    assert len(per_variant) == 2
+    assert all(re.search(r"by \([^)]*\bvariant\b", expr) for expr in per_variant)
+    feedback = [expr for expr in targets.values() if "gateway_feedback_total" in expr]
+    assert any('outcome="joined"' in expr for expr in feedback)
+    assert any('outcome="unmatched"' in expr for expr in feedback)
+    assert all("rate(gateway_feedback_total" in expr for expr in feedback)
+
+
 @pytest.mark.parametrize("expr", EXPRESSIONS.values(), ids=EXPRESSIONS.keys())
 def test_expression_names_only_exported_metrics(expr: str) -> None:
     """Every metric an expression names is one the gateway exports (or Prometheus' `up`)."""
     assert metric_names(expr), "no metric found: the scanner or the expression is wrong"
     assert not unknown_metrics(expr)
+
+
+@pytest.mark.parametrize("expr", EXPRESSIONS.values(), ids=EXPRESSIONS.keys())
+def test_expression_brackets_balance(expr: str) -> None:
+    """Every parenthesis, range and selector bracket of an expression closes, in order."""
+    assert balanced(expr)
 
 
 @pytest.mark.parametrize("expr", EXPRESSIONS.values(), ids=EXPRESSIONS.keys())
@@ -358,6 +490,46 @@ def test_required_alerts_watch_the_right_series() -> None:
     assert latency.count("histogram_quantile(0.99,") == 2 and 'role="live"' in latency
     assert 'outcome="dropped"' in rules["GatewayShadowRecordsDropped"]
     assert metric_names(rules["GatewayNotReady"]) == {"up"}
+
+
+def test_monitoring_alerts_watch_the_right_series() -> None:
+    """Drift on full windows, online metrics against live with enough feedback, missing values."""
+    rules = alert_group("model-gateway.monitoring")
+    assert set(rules) == {
+        "GatewayFeatureDrift",
+        "GatewayOutputDrift",
+        "GatewayOnlineAccuracyBelowLive",
+        "GatewayOnlineErrorAboveLive",
+        "GatewayFeatureMissingValues",
+    }
+    for name, rule in rules.items():
+        assert rule["for"] == "15m", name
+        assert rule["labels"]["severity"] == "warning", name
+        assert metric_names(rule["expr"]) <= MONITORING_METRICS.keys() | ROUTING_METRICS, name
+    for name, drift in (
+        ("GatewayFeatureDrift", "gateway_feature_drift"),
+        ("GatewayOutputDrift", "gateway_output_drift"),
+    ):
+        expr = rules[name]["expr"]
+        assert f'{drift}{{statistic="psi"}}) > 0.25' in expr, name
+        assert "and on (model, variant)" in expr, name
+        assert "(gateway_monitor_window_rows) >= 100" in expr, name
+    for name, metric in (
+        ("GatewayOnlineAccuracyBelowLive", "accuracy"),
+        ("GatewayOnlineErrorAboveLive", "mae"),
+    ):
+        expr = rules[name]["expr"]
+        assert expr.count(f'gateway_online_metric{{metric="{metric}"}}') == 2, name
+        assert expr.count("(gateway_live_variant) == 1)") == 2, name
+        assert "unless on (model, variant)" in expr and "on (model) group_left ()" in expr, name
+        assert 'increase(gateway_feedback_total{outcome="joined"}[1h])) > 50' in expr, name
+        description = rules[name]["annotations"]["description"]
+        assert "gateway abort" in description and "gateway rollback" in description, name
+    assert "- 0.02" in rules["GatewayOnlineAccuracyBelowLive"]["expr"]
+    assert "1.1 * max by (model)" in rules["GatewayOnlineErrorAboveLive"]["expr"]
+    missing = rules["GatewayFeatureMissingValues"]
+    assert "(gateway_feature_missing_ratio) > 0.05" in missing["expr"]
+    assert "upstream data pipeline" in missing["annotations"]["description"]
 
 
 # --- the chart's values ------------------------------------------------------------------------
