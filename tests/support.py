@@ -237,3 +237,27 @@ def serving(config: dict[str, Any], tmp: Path) -> Iterator[GatewayProcess]:
         yield gateway
     finally:
         gateway.stop()
+
+
+def make_constant_classifier(path: Path, label: int) -> None:
+    """An iris-shaped classifier that always answers `label` (a bad model, for feedback)."""
+    one_hot = np.zeros(3, dtype=np.float32)
+    one_hot[label] = 1.0
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["input", "zeros"], ["product"]),
+            helper.make_node("Add", ["product", "one_hot"], ["probabilities"]),
+            helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0),
+        ],
+        "constant",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 4])],
+        [
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["n"]),
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", 3]),
+        ],
+        [
+            numpy_helper.from_array(np.zeros((4, 3), dtype=np.float32), name="zeros"),
+            numpy_helper.from_array(one_hot, name="one_hot"),
+        ],
+    )
+    _save(graph, path)

@@ -55,7 +55,7 @@ async def feedback(request: Request) -> Response:
 
 async def monitor_report(request: Request) -> Response:
     gateway, model = authorized(request)
-    return json_response(gateway.monitor.report(model))
+    return json_response(await gateway.monitor.report(model))
 
 
 async def pin_reference(request: Request) -> Response:

@@ -11,8 +11,9 @@
 - Missing ratio (NaN values) and out-of-range ratio (beyond the reference's minimum or maximum,
   infinities included), over the rows of the window.
 
-A statistic needs at least `MIN_ROWS` finite live values in the window; below that it is None
-(not exported), so a variant that has barely served shows no drift.
+A statistic needs at least `MIN_ROWS` finite live values in the window, counted while the
+reference existed; below that it is None (not exported), so a variant that has barely served
+shows no drift. The out-of-range ratio is over the rows counted while the reference existed.
 """
 
 import math
@@ -52,13 +53,14 @@ def numeric_statistics(
         "psi": None,
         "wasserstein": None,
     }
-    if reference is None or not rows:
+    referenced = counts.referenced[j]
+    if reference is None or not referenced:
         return found
-    found["out_of_range_ratio"] = counts.out_of_range[j] / rows
-    if finite < MIN_ROWS:
-        return found
+    found["out_of_range_ratio"] = counts.out_of_range[j] / referenced
     width = len(reference.edges) + 1
     live = counts.bin_counts[j, :width]
+    if live.sum() < MIN_ROWS:  # rows counted before the reference existed have no bins
+        return found
     found["psi"] = psi(np.asarray(reference.shares), live)
     live_means = np.divide(counts.bin_sums[j, :width], live, out=np.zeros(width), where=live > 0)
     distance = wasserstein_distance(reference.means, live_means, reference.shares, live)

@@ -209,15 +209,20 @@ class Monitor:
         now = time.time()
         await self._fold_pending(now)
         for model in sorted(self._enabled):
-            with contextlib.suppress(Unavailable):
-                await self._refresh_reference(model)
-            await self._auto_pin(model)
-            merged = await self._merged(model, now)
-            try:
-                self._scores[model] = await self.feedback_store.scores(model)
-            except (aioredis.RedisError, OSError) as exc:
-                log.warning("online metrics of %s not read: %s", model, exc)
-            self._reports[model] = self._report(model, merged)
+            await self._refresh(model, now)
+
+    async def _refresh(self, model: str, now: float) -> dict[str, Any]:
+        """Follow the stored reference, merge the windows, read the scores, compute."""
+        with contextlib.suppress(Unavailable):
+            await self._refresh_reference(model)
+        await self._auto_pin(model)
+        merged = await self._merged(model, now)
+        try:
+            self._scores[model] = await self.feedback_store.scores(model)
+        except (aioredis.RedisError, OSError) as exc:
+            log.warning("online metrics of %s not read: %s", model, exc)
+        report = self._reports[model] = self._report(model, merged)
+        return report
 
     # -- folding -----------------------------------------------------------------------------
 
@@ -547,10 +552,13 @@ class Monitor:
 
     # -- reports and metrics -----------------------------------------------------------------
 
-    def report(self, model: str) -> dict[str, Any]:
-        """The monitor's view of one model (README "Monitoring"), as of the last tick."""
+    async def report(self, model: str) -> dict[str, Any]:
+        """The monitor's view of one model (README "Monitoring"), computed now: everything
+        answered until this call, by every worker up to its last tick."""
         self._check(model)
-        return self._reports.get(model) or self._report(model, {})
+        now = time.time()
+        await self._fold_pending(now)
+        return await self._refresh(model, now)
 
     def _report(self, model: str, merged: dict[str, tuple[Counts, Counts]]) -> dict[str, Any]:
         config = self.settings.models[model].monitoring

@@ -125,9 +125,10 @@ class Reference:
 class Counts:
     """Live counts of one variant's features (numeric: `names`; classes: per class output).
 
-    Per numeric feature: `rows` seen, `finite` values, `missing` (NaN), `out_of_range` (beyond
-    the reference's range, infinities included), the sum and sum of squares of finite values,
-    and per reference bin (`bins` columns at most, zero-padded) the count and sum of values.
+    Per numeric feature: `rows` seen, `finite` values, `missing` (NaN), the sum and sum of
+    squares of finite values; and while there is a reference: `referenced` rows, of them
+    `out_of_range` (beyond the reference's range, infinities included), and per reference bin
+    (`bins` columns at most, zero-padded) the count and sum of the finite values.
     """
 
     names: list[str]
@@ -135,6 +136,7 @@ class Counts:
     rows: np.ndarray = field(init=False)
     finite: np.ndarray = field(init=False)
     missing: np.ndarray = field(init=False)
+    referenced: np.ndarray = field(init=False)
     out_of_range: np.ndarray = field(init=False)
     total: np.ndarray = field(init=False)
     squares: np.ndarray = field(init=False)
@@ -144,7 +146,7 @@ class Counts:
 
     def __post_init__(self) -> None:
         size = len(self.names)
-        for name in ("rows", "finite", "missing", "out_of_range", "total", "squares"):
+        for name in _VECTORS:
             setattr(self, name, np.zeros(size))
         self.bin_counts = np.zeros((size, self.bins))
         self.bin_sums = np.zeros((size, self.bins))
@@ -164,6 +166,7 @@ class Counts:
             if reference is None:
                 continue
             column = matrix[:, j]
+            self.referenced[j] += column.size
             self.out_of_range[j] += np.count_nonzero(
                 ~np.isnan(column) & ((column < reference.low) | (column > reference.high))
             )
@@ -181,7 +184,7 @@ class Counts:
                 known[label] = known.get(label, 0) + count
 
     def merge(self, other: "Counts") -> None:
-        for name in ("rows", "finite", "missing", "out_of_range", "total", "squares"):
+        for name in _VECTORS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.bin_counts += other.bin_counts
         self.bin_sums += other.bin_sums
@@ -213,9 +216,8 @@ class Counts:
         return counts
 
 
-_ARRAYS = (
-    "rows", "finite", "missing", "out_of_range", "total", "squares", "bin_counts", "bin_sums",
-)  # fmt: skip
+_VECTORS = ("rows", "finite", "missing", "referenced", "out_of_range", "total", "squares")
+_ARRAYS = (*_VECTORS, "bin_counts", "bin_sums")
 
 
 class Window:
