@@ -98,7 +98,7 @@ class Gateway:
             settings.request_timeout_s,
         )  # fmt: skip
         self.monitor = Monitor(
-            settings, repository, table, self.metrics, self.metrics.registry, self._redis
+            settings, repository, table, self.metrics, self.metrics.registry, settings.redis_url
         )
         await self.monitor.start()
         self.service.observe = self.shadow_log.observe = self.monitor.observe
@@ -149,6 +149,7 @@ class Gateway:
             if announce:  # tell the other workers and replicas; 503 here changes nothing yet
                 await self.control.store.announce_reload()
             self._switch(settings, repository)
+            await self.monitor.configure(settings, repository)
             new = {m: s for m, s in _initial_states(settings).items() if m not in current}
             await self._adopt_routing(new)
             self._settle_routing()
@@ -171,7 +172,6 @@ class Gateway:
         self.service.repository = repository
         self.shadow_log.repository = repository
         self.shadow_log.log_inputs = {n: m.log_inputs for n, m in settings.models.items()}
-        self.monitor.configure(settings, repository)
         self.service.table.replace_all(kept)
         for model, state in kept.items():
             self._publish_routing(model, state)

@@ -13,11 +13,12 @@ errors) per variant: every worker and replica adds into the same ones, so the on
   per model, both written in batches off the request path.
 """
 
+import itertools
 import time
-from collections import OrderedDict
+from collections import deque
 from typing import Protocol
 
-import redis.asyncio as aioredis
+import redis
 
 PREDICTIONS_KEY = "gateway:feedback:{model}:predictions:{minute}"
 SCORES_KEY = "gateway:feedback:{model}:scores"
@@ -28,93 +29,102 @@ Scores = dict[str, dict[str, float]]  # variant -> score name -> sum; "" -> {"un
 
 
 class FeedbackStore(Protocol):
-    async def keep(self, model: str, predictions: list[tuple[str, str, bytes]]) -> None:
-        """Keep (request id, variant, JSON list of row predictions) for the TTL."""
+    def keep(
+        self, model: str, variant: str, request_ids: list[str], predictions: list[bytes]
+    ) -> None:
+        """Keep each request's predictions by `variant` (one float64 per row) for the TTL."""
 
-    async def take(
+    def take(
         self, model: str, request_ids: list[str], variants: list[str]
     ) -> list[dict[str, bytes]]:
         """Per request id, the predictions kept for it by variant; they are removed."""
 
-    async def add(self, model: str, scores: Scores) -> None: ...
+    def add(self, model: str, scores: Scores) -> None: ...
 
-    async def scores(self, model: str) -> Scores: ...
+    def scores(self, model: str) -> Scores: ...
 
 
 class MemoryFeedback:
-    """Embedded mode: everything in this process (see the module docstring)."""
+    """Embedded mode: everything in this process (see the module docstring). Answers are kept
+    in one dict per minute, so keeping a fold's answers is one C-level update and expiring is
+    dropping whole minutes; each answer carries its time, so the TTL holds to the second."""
 
     def __init__(self, ttl_s: float, max_predictions: int) -> None:
         self.ttl_s = ttl_s
         self.max_predictions = max_predictions
-        self._kept: OrderedDict[tuple[str, str, str], tuple[float, bytes]] = OrderedDict()
+        # Per model: (minute, {(request id, variant): (time, predictions)}), oldest first.
+        self._kept: dict[str, deque[tuple[int, dict[tuple[str, str], tuple[float, bytes]]]]] = {}
         self._scores: dict[str, Scores] = {}
 
-    async def keep(self, model: str, predictions: list[tuple[str, str, bytes]]) -> None:
+    def keep(
+        self, model: str, variant: str, request_ids: list[str], predictions: list[bytes]
+    ) -> None:
         now = time.time()
-        kept = self._kept
-        for request_id, variant, value in predictions:
-            key = (model, request_id, variant)
-            kept.pop(key, None)  # a reused request id: the newest answer counts
-            kept[key] = (now, value)
-        while len(kept) > self.max_predictions:
-            kept.popitem(last=False)
-        self._expire(now)
+        minutes = self._kept.setdefault(model, deque())
+        minute = int(now // 60)
+        if not minutes or minutes[-1][0] != minute:
+            minutes.append((minute, {}))
+        keys = zip(request_ids, itertools.repeat(variant), strict=False)
+        stamped = zip(itertools.repeat(now), predictions, strict=False)
+        minutes[-1][1].update(zip(keys, stamped, strict=False))
+        while minutes and (
+            minutes[0][0] < int((now - self.ttl_s) // 60)
+            or sum(len(kept) for _, kept in minutes) > self.max_predictions
+        ):
+            minutes.popleft()
 
-    async def take(
+    def take(
         self, model: str, request_ids: list[str], variants: list[str]
     ) -> list[dict[str, bytes]]:
-        self._expire(time.time())
+        now = time.time()
+        minutes = list(reversed(self._kept.get(model, ())))  # the newest answer first
         found = []
         for request_id in request_ids:
             answers = {}
             for variant in variants:
-                entry = self._kept.pop((model, request_id, variant), None)
-                if entry is not None:
-                    answers[variant] = entry[1]
+                for _, kept in minutes:
+                    entry = kept.pop((request_id, variant), None)
+                    if entry is not None:
+                        if now - entry[0] <= self.ttl_s:
+                            answers[variant] = entry[1]
+                        break
             found.append(answers)
         return found
 
-    async def add(self, model: str, scores: Scores) -> None:
+    def add(self, model: str, scores: Scores) -> None:
         totals = self._scores.setdefault(model, {})
         for variant, values in scores.items():
             total = totals.setdefault(variant, {})
             for name, value in values.items():
                 total[name] = total.get(name, 0.0) + value
 
-    async def scores(self, model: str) -> Scores:
+    def scores(self, model: str) -> Scores:
         return {variant: dict(values) for variant, values in self._scores.get(model, {}).items()}
-
-    def _expire(self, now: float) -> None:
-        kept = self._kept
-        while kept:
-            first = next(iter(kept.values()))
-            if now - first[0] <= self.ttl_s:
-                break
-            kept.popitem(last=False)
 
 
 class RedisFeedback:
     """With Redis: shared by every worker and replica (see the module docstring)."""
 
-    def __init__(self, client: aioredis.Redis, ttl_s: float) -> None:
+    def __init__(self, client: redis.Redis, ttl_s: float) -> None:
         self._client = client
         self.ttl_s = ttl_s
 
-    async def keep(self, model: str, predictions: list[tuple[str, str, bytes]]) -> None:
+    def keep(
+        self, model: str, variant: str, request_ids: list[str], predictions: list[bytes]
+    ) -> None:
         now = time.time()
         key = PREDICTIONS_KEY.format(model=model, minute=int(now // 60))
         stamp = b"%.3f\x1f" % now  # the TTL holds to the second, not to the hash's minute
         mapping = {
             f"{request_id}\x1f{variant}": stamp + value
-            for request_id, variant, value in predictions
+            for request_id, value in zip(request_ids, predictions, strict=True)
         }
-        async with self._client.pipeline(transaction=False) as pipe:
+        with self._client.pipeline(transaction=False) as pipe:
             pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
             pipe.expire(key, int(self.ttl_s) + 60)
-            await pipe.execute()
+            pipe.execute()
 
-    async def take(
+    def take(
         self, model: str, request_ids: list[str], variants: list[str]
     ) -> list[dict[str, bytes]]:
         now = time.time()
@@ -124,10 +134,10 @@ class RedisFeedback:
             f"{request_id}\x1f{variant}" for request_id in request_ids for variant in variants
         ]
         keys = [PREDICTIONS_KEY.format(model=model, minute=minute) for minute in minutes]
-        async with self._client.pipeline(transaction=False) as pipe:
+        with self._client.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.hmget(key, fields)
-            answers = await pipe.execute()
+            answers = pipe.execute()
         found: dict[str, tuple[str, bytes]] = {}  # field -> (key, value), the newest minute first
         for key, values in zip(keys, answers, strict=True):
             for name, value in zip(fields, values, strict=True):
@@ -136,10 +146,10 @@ class RedisFeedback:
                     if now - float(stamp) <= self.ttl_s:
                         found[name] = (key, prediction)
         if found:
-            async with self._client.pipeline(transaction=False) as pipe:
+            with self._client.pipeline(transaction=False) as pipe:
                 for name, (key, _) in found.items():
                     pipe.hdel(key, name)
-                await pipe.execute()
+                pipe.execute()
         return [
             {
                 variant: found[name][1]
@@ -149,16 +159,16 @@ class RedisFeedback:
             for request_id in request_ids
         ]
 
-    async def add(self, model: str, scores: Scores) -> None:
+    def add(self, model: str, scores: Scores) -> None:
         key = SCORES_KEY.format(model=model)
-        async with self._client.pipeline(transaction=False) as pipe:
+        with self._client.pipeline(transaction=False) as pipe:
             for variant, values in scores.items():
                 for name, value in values.items():
                     pipe.hincrbyfloat(key, f"{variant}\x1f{name}", value)
-            await pipe.execute()
+            pipe.execute()
 
-    async def scores(self, model: str) -> Scores:
-        raw = await self._client.hgetall(SCORES_KEY.format(model=model))
+    def scores(self, model: str) -> Scores:
+        raw = self._client.hgetall(SCORES_KEY.format(model=model))
         scores: Scores = {}
         for field, value in raw.items():
             text = field.decode() if isinstance(field, bytes) else field

@@ -12,6 +12,7 @@ At most `max_features` input features and as many output features are tracked (t
 the model's order), which bounds the metrics' cardinality.
 """
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,10 +68,13 @@ def _columns(spec: TensorSpec) -> list[Column]:
     return [Column(spec.name, spec.name, None)]
 
 
-def stack(batches: list[dict[str, np.ndarray]], name: str) -> np.ndarray:
-    """Tensor `name` of every request, joined along the batch dimension (2-D float64: rows by
+def stack(arrays: list[np.ndarray]) -> np.ndarray:
+    """One tensor of every request, joined along the batch dimension (2-D float64: rows by
     values of one row); rows of different sizes are reduced to their means first."""
-    arrays = [batch[name] for batch in batches]
+    if arrays[0].ndim in (1, 2):
+        with contextlib.suppress(ValueError):  # all [rows] or [rows, k], same k: one C call
+            joined = np.concatenate(arrays).astype(np.float64, copy=False)
+            return joined if joined.ndim == 2 else joined[:, None]
     rows = [array.reshape(array.shape[0] if array.ndim else 1, -1) for array in arrays]
     widths = {row.shape[1] for row in rows}
     if len(widths) > 1:

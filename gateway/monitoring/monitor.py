@@ -19,15 +19,16 @@ import os
 import socket
 import time
 import uuid
-from collections import deque
-from collections.abc import Iterator
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import orjson
-import redis.asyncio as aioredis
+import redis
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 
@@ -41,14 +42,20 @@ from gateway.monitoring.reference_file import read_reference
 from gateway.routing import RoutingTable
 from gateway.runtime import ModelRepository, ModelSession
 from gateway.settings import MonitoringConfig, Settings
+from gateway.shadow import background_priority, yield_gil
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_PENDING = 100_000  # answers waiting for the next fold; beyond it they are dropped, counted
+FOLD_CHUNK = 500  # answers folded between two chances for the event loop to take the GIL
 KEEP_ROWS = 10_000  # recent live rows per model, to pin a reference from
 REFERENCE_BATCH = 1024  # reference rows per model run
 LIVE_KEY = "gateway:monitor:{model}:live"
 REFERENCE_KEY = "gateway:monitor:{model}:reference"
+
+
+Kept = tuple[str, str, list[str], list[bytes]]  # model, variant, request ids, predictions
 
 
 class Observed(NamedTuple):
@@ -132,17 +139,17 @@ class Monitor:
         table: RoutingTable,
         metrics: Metrics,
         registry: CollectorRegistry,
-        redis_client: aioredis.Redis | None,
+        redis_url: str | None,
     ) -> None:
         self.settings = settings
         self.repository = repository
         self._table = table
         self._metrics = metrics
-        self._redis = redis_client
+        self._redis = None if redis_url is None else _client(redis_url)
         self.feedback_store: FeedbackStore = (
             MemoryFeedback(settings.feedback_ttl_s, settings.feedback_max_predictions)
-            if redis_client is None
-            else RedisFeedback(redis_client, settings.feedback_ttl_s)
+            if self._redis is None
+            else RedisFeedback(self._redis, settings.feedback_ttl_s)
         )
         self._enabled = {n for n, m in settings.models.items() if m.monitoring.enabled}
         self._pending: list[Observed] = []
@@ -153,6 +160,10 @@ class Monitor:
         self._scores: dict[str, Scores] = {}
         self._worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._task: asyncio.Task[None] | None = None
+        # All the monitor's state belongs to this thread; the event loop only hands work over.
+        self._thread = ThreadPoolExecutor(
+            1, thread_name_prefix="gateway-monitor", initializer=background_priority
+        )
         registry.register(self)
 
     # -- the request path ------------------------------------------------------------------
@@ -173,13 +184,13 @@ class Monitor:
             else:
                 self._metrics.monitor_dropped(model)
 
-    # -- life cycle --------------------------------------------------------------------------
+    # -- life cycle (on the event loop; the work itself runs on the monitor's thread) ---------
 
     async def start(self) -> None:
         """Load or build the references, then fold every `monitor_interval_s`."""
         for model in sorted(self._enabled):
             try:
-                await self._load_reference(model)
+                await self._in_thread(self._load_reference, model)
             except Unavailable as exc:  # Redis down: the next ticks ask again
                 log.warning("monitoring of %s: reference not loaded yet: %s", model, exc)
         self._task = asyncio.create_task(self._run(), name="gateway-monitor")
@@ -189,9 +200,13 @@ class Monitor:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self._thread.shutdown(wait=True)
 
-    def configure(self, settings: Settings, repository: ModelRepository) -> None:
+    async def configure(self, settings: Settings, repository: ModelRepository) -> None:
         """Use a reloaded config and repository (variants are looked up again)."""
+        await self._in_thread(self._configure, settings, repository)
+
+    def _configure(self, settings: Settings, repository: ModelRepository) -> None:
         self.settings, self.repository = settings, repository
         self._enabled = {n for n, m in settings.models.items() if m.monitoring.enabled}
         self._variants.clear()
@@ -206,47 +221,67 @@ class Monitor:
 
     async def tick(self) -> None:
         """Fold what was observed, keep predictions, share and merge windows, compute."""
-        now = time.time()
-        await self._fold_pending(now)
-        for model in sorted(self._enabled):
-            await self._refresh(model, now)
+        pending, self._pending = self._pending, []
+        await self._in_thread(self._tick, pending)
 
-    async def _refresh(self, model: str, now: float) -> dict[str, Any]:
+    async def _in_thread(self, function: Callable[..., T], *args: Any) -> T:
+        """Run `function` on the monitor's own thread, which alone touches its state."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, function, *args)
+
+    def _tick(self, pending: list[Observed]) -> None:
+        now = time.time()
+        self._fold_pending(pending, now)
+        for model in sorted(self._enabled):
+            self._refresh(model, now)
+            yield_gil()
+
+    def _refresh(self, model: str, now: float) -> dict[str, Any]:
         """Follow the stored reference, merge the windows, read the scores, compute."""
         with contextlib.suppress(Unavailable):
-            await self._refresh_reference(model)
-        await self._auto_pin(model)
-        merged = await self._merged(model, now)
+            self._refresh_reference(model)
+        self._auto_pin(model)
+        merged = self._merged(model, now)
         try:
-            self._scores[model] = await self.feedback_store.scores(model)
-        except (aioredis.RedisError, OSError) as exc:
+            self._scores[model] = self.feedback_store.scores(model)
+        except (redis.RedisError, OSError) as exc:
             log.warning("online metrics of %s not read: %s", model, exc)
         report = self._reports[model] = self._report(model, merged)
         return report
 
     # -- folding -----------------------------------------------------------------------------
 
-    async def _fold_pending(self, now: float) -> None:
-        """Fold what was observed since the last fold; keep its predictions for feedback."""
-        pending, self._pending = self._pending, []
-        for model, kept in self._fold(pending, now).items():
+    def _fold_pending(self, pending: list[Observed], now: float) -> None:
+        """Fold what was observed since the last fold; keep its predictions for feedback.
+
+        In chunks, letting go of the GIL between them: the event loop waits at most one chunk.
+        """
+        for start in range(0, len(pending), FOLD_CHUNK):
+            self._fold_chunk(pending[start : start + FOLD_CHUNK], now)
+            yield_gil()
+
+    def _fold_chunk(self, pending: list[Observed], now: float) -> None:
+        for model, variant, request_ids, predictions in self._fold(pending, now):
             try:
-                await self.feedback_store.keep(model, kept)
-            except (aioredis.RedisError, OSError) as exc:
+                self.feedback_store.keep(model, variant, request_ids, predictions)
+            except (redis.RedisError, OSError) as exc:
                 log.warning("predictions of %s not kept for feedback: %s", model, exc)
 
-    def _fold(self, pending: list[Observed], now: float) -> dict[str, list[tuple[str, str, bytes]]]:
-        groups: dict[tuple[str, str, str], list[Observed]] = {}
+    def _fold(self, pending: list[Observed], now: float) -> list[Kept]:
+        """Fold answers into their variants' windows; (model, variant, request ids, predictions)
+        of each group to keep for feedback."""
+        groups: defaultdict[tuple[str, ...], list[Observed]] = defaultdict(list)
         for item in pending:
-            groups.setdefault((item.model, item.variant, item.role), []).append(item)
-        predictions: dict[str, list[tuple[str, str, bytes]]] = {}
+            groups[item[:3]].append(item)  # model, variant, role
+        kept: list[Kept] = []
         for (model, variant, role), items in groups.items():
             state = self._variant(model, variant)
             if state is None:
                 continue
-            kept = self._fold_group(model, variant, role, state, items, now)
-            predictions.setdefault(model, []).extend(kept)
-        return predictions
+            ids, predictions = self._fold_group(model, variant, role, state, items, now)
+            if ids:
+                kept.append((model, variant, ids, predictions))
+        return kept
 
     def _fold_group(
         self,
@@ -256,14 +291,14 @@ class Monitor:
         state: _Variant,
         items: list[Observed],
         now: float,
-    ) -> list[tuple[str, str, bytes]]:
+    ) -> tuple[list[str], list[bytes]]:
         layout, reference = state.layout, self._references.get(model)
         tensors = {column.tensor for column in layout.inputs}
-        joined_inputs = {name: stack([item.inputs for item in items], name) for name in tensors}
+        joined_inputs = {name: stack([item.inputs[name] for item in items]) for name in tensors}
         x = columns(joined_inputs, layout.inputs)
         wanted = {column.tensor for column in layout.outputs} | set(layout.classes)
         complete = [item for item in items if wanted <= item.outputs.keys()]
-        joined = {name: stack([item.outputs for item in complete], name) for name in wanted}
+        joined = {name: stack([item.outputs[name] for item in complete]) for name in wanted}
         y = columns(joined, layout.outputs) if complete else np.empty((0, len(layout.outputs)))
         labels = (
             {name: joined[name][:, 0].astype(np.int64) for name in layout.classes}
@@ -277,23 +312,29 @@ class Monitor:
             out_counts.add_classes(name, values)
         if role == "live" and len(complete) == len(items):
             self._recent.setdefault(model, _Recent()).add(variant, x, y, labels)
-        return self._predictions(variant, state.prediction, complete)
+        return self._predictions(variant, state.prediction, complete, joined)
 
     def _predictions(
-        self, variant: str, prediction: Prediction | None, items: list[Observed]
-    ) -> list[tuple[str, str, bytes]]:
+        self,
+        variant: str,
+        prediction: Prediction | None,
+        items: list[Observed],
+        stacked: dict[str, np.ndarray],
+    ) -> tuple[list[str], list[bytes]]:
+        """The request ids, and each answer's predictions (one per row) as float64 bytes."""
         if prediction is None or not items:
-            return []
-        tensors = [item.outputs[prediction.output] for item in items]
-        rows = [tensor.shape[0] if tensor.ndim else 1 for tensor in tensors]
-        values = prediction.of(stack([item.outputs for item in items], prediction.output))
-        kept = []
-        start = 0
-        for item, count in zip(items, rows, strict=True):
-            chunk = values[start : start + count]
-            start += count
-            kept.append((item.request_id, variant, orjson.dumps(chunk.tolist())))
-        return kept
+            return [], []
+        joined = stacked.get(prediction.output)
+        if joined is None:
+            joined = stack([item.outputs[prediction.output] for item in items])
+        raw = prediction.of(joined).astype(np.float64).tobytes()
+        ids = [item.request_id for item in items]
+        if joined.shape[0] == len(items):  # one row each, the usual case: slices of 8 bytes
+            chunks = [raw[i : i + 8] for i in range(0, len(raw), 8)]
+        else:
+            ends = np.cumsum([item.outputs[prediction.output].shape[0] for item in items]) * 8
+            chunks = [raw[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]
+        return ids, chunks
 
     def _variant(self, model: str, variant: str) -> _Variant | None:
         try:
@@ -315,25 +356,26 @@ class Monitor:
 
     # -- sharing windows ---------------------------------------------------------------------
 
-    async def _merged(self, model: str, now: float) -> dict[str, tuple[Counts, Counts]]:
+    def _merged(self, model: str, now: float) -> dict[str, tuple[Counts, Counts]]:
         """Every variant's window, summed over the workers and replicas that share Redis."""
         own = {
             variant: (state.inputs.total(now), state.outputs.total(now))
             for (name, variant), state in self._variants.items()
             if name == model
         }
-        if self._redis is None:
+        client = self._redis
+        if client is None:
             return own
         key = LIVE_KEY.format(model=model)
         mine = {variant: [i.to_dict(), o.to_dict()] for variant, (i, o) in own.items()}
         window_s = self.settings.models[model].monitoring.window_s
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
+            with client.pipeline(transaction=False) as pipe:
                 pipe.hset(key, self._worker, orjson.dumps({"ts": now, "variants": mine}))
                 pipe.expire(key, int(window_s * 2) + 60)
                 pipe.hgetall(key)
-                _, _, everyone = await pipe.execute()
-        except (aioredis.RedisError, OSError) as exc:
+                _, _, everyone = pipe.execute()
+        except (redis.RedisError, OSError) as exc:
             log.warning("live profile of %s not shared (this worker's alone): %s", model, exc)
             return own
         merged: dict[str, tuple[Counts, Counts]] = {}
@@ -347,28 +389,28 @@ class Monitor:
             for variant, (inputs, outputs) in entry["variants"].items():
                 _add(merged, variant, Counts.from_dict(inputs), Counts.from_dict(outputs))
         if stale:
-            with contextlib.suppress(aioredis.RedisError, OSError):
-                await self._redis.hdel(key, *stale)
+            with contextlib.suppress(redis.RedisError, OSError):
+                client.hdel(key, *stale)
         return merged
 
     # -- references --------------------------------------------------------------------------
 
-    async def _load_reference(self, model: str) -> None:
+    def _load_reference(self, model: str) -> None:
         """The stored reference; else one built from the config's file, then stored."""
-        stored = await self._stored_reference(model)
+        stored = self._stored_reference(model)
         if stored is not None:
             self._references[model] = stored
             return
         path = self.settings.models[model].monitoring.reference
         if path is None:
             return
-        reference = await asyncio.to_thread(self._reference_from_file, model, Path(path))
-        await self._store_reference(model, reference, replace=False)
-        self._references[model] = await self._stored_reference(model) or reference
+        reference = self._reference_from_file(model, Path(path))
+        self._store_reference(model, reference, replace=False)
+        self._references[model] = self._stored_reference(model) or reference
 
-    async def _refresh_reference(self, model: str) -> None:
+    def _refresh_reference(self, model: str) -> None:
         """Follow a reference pinned or cleared by another worker."""
-        stored = await self._stored_reference(model)
+        stored = self._stored_reference(model)
         if stored is None:
             self._references.pop(model, None)
         else:
@@ -394,9 +436,9 @@ class Monitor:
     ) -> Reference:
         config = self.settings.models[model].monitoring
         layout = Layout.of(session.inputs, session.outputs, config.max_features)
-        joined_in = {c.tensor: stack(inputs, c.tensor) for c in layout.inputs}
+        joined_in = {c.tensor: stack([batch[c.tensor] for batch in inputs]) for c in layout.inputs}
         names = {c.tensor for c in layout.outputs} | set(layout.classes)
-        joined_out = {name: stack(outputs, name) for name in names}
+        joined_out = {name: stack([batch[name] for batch in outputs]) for name in names}
         return Reference.build(
             source,
             ([c.name for c in layout.inputs], columns(joined_in, layout.inputs)),
@@ -407,21 +449,32 @@ class Monitor:
 
     async def pin_reference(self, model: str, rows: int | None = None) -> dict[str, Any]:
         """Pin a reference from this worker's last `rows` live rows (all it keeps: None)."""
+        pending, self._pending = self._pending, []
+        return await self._in_thread(self._pin_reference, pending, model, rows)
+
+    def _pin_reference(
+        self, pending: list[Observed], model: str, rows: int | None
+    ) -> dict[str, Any]:
+        self._fold_pending(pending, time.time())
         self._check(model)
         recent = self._recent.get(model)
         if recent is None or recent.rows == 0:
             raise Conflict(f"model {model!r}: no live rows seen yet by this worker to pin from")
         reference = self._reference_from_recent(model, recent, rows or KEEP_ROWS)
-        await self._store_reference(model, reference, replace=True)
+        self._store_reference(model, reference, replace=True)
         self._references[model] = reference
         return self.reference_info(model) or {}
 
     async def clear_reference(self, model: str) -> None:
+        await self._in_thread(self._clear_reference, model)
+
+    def _clear_reference(self, model: str) -> None:
         self._check(model)
-        if self._redis is None:
+        client = self._redis
+        if client is None:
             self._reference_file(model).unlink(missing_ok=True)
         else:
-            await self._call(self._redis.delete(REFERENCE_KEY.format(model=model)))
+            self._call(lambda: client.delete(REFERENCE_KEY.format(model=model)))
         self._references.pop(model, None)
 
     def reference_info(self, model: str) -> dict[str, Any] | None:
@@ -430,15 +483,15 @@ class Monitor:
             return None
         return {"source": reference.source, "rows": reference.rows, "created": reference.created}
 
-    async def _auto_pin(self, model: str) -> None:
+    def _auto_pin(self, model: str) -> None:
         wanted = self.settings.models[model].monitoring.reference_from_live
         recent = self._recent.get(model)
         if not wanted or model in self._references or recent is None or recent.rows < wanted:
             return
         reference = self._reference_from_recent(model, recent, wanted, first=True)
         try:
-            await self._store_reference(model, reference, replace=False)
-            self._references[model] = await self._stored_reference(model) or reference
+            self._store_reference(model, reference, replace=False)
+            self._references[model] = self._stored_reference(model) or reference
         except Unavailable as exc:
             log.warning("reference of %s not pinned yet: %s", model, exc)
 
@@ -464,22 +517,25 @@ class Monitor:
             config.bins,
         )
 
-    async def _stored_reference(self, model: str) -> Reference | None:
-        if self._redis is None:
+    def _stored_reference(self, model: str) -> Reference | None:
+        client = self._redis
+        if client is None:
             try:
                 raw = self._reference_file(model).read_bytes()
             except FileNotFoundError:
                 return None
         else:
-            raw = await self._call(self._redis.get(REFERENCE_KEY.format(model=model)))
-            if raw is None:
+            stored: Any = self._call(lambda: client.get(REFERENCE_KEY.format(model=model)))
+            if stored is None:
                 return None
+            raw = bytes(stored)
         return Reference.from_dict(orjson.loads(raw))
 
-    async def _store_reference(self, model: str, reference: Reference, replace: bool) -> None:
+    def _store_reference(self, model: str, reference: Reference, replace: bool) -> None:
         """Store it; `replace=False` keeps one another worker stored first."""
         data = orjson.dumps(reference.to_dict())
-        if self._redis is None:
+        client = self._redis
+        if client is None:
             path = self._reference_file(model)
             if not replace and path.exists():
                 return
@@ -489,29 +545,33 @@ class Monitor:
             temporary.replace(path)
         else:
             key = REFERENCE_KEY.format(model=model)
-            await self._call(self._redis.set(key, data, nx=not replace))
+            self._call(lambda: client.set(key, data, nx=not replace))
 
     def _reference_file(self, model: str) -> Path:
         return self.settings.data_dir / "monitor" / f"{model}.reference.json"
 
-    async def _call(self, awaitable: Any) -> Any:
+    def _call(self, function: Callable[[], T]) -> T:
         try:
-            return await awaitable
-        except (aioredis.RedisError, OSError) as exc:
+            return function()
+        except (redis.RedisError, OSError) as exc:
             raise Unavailable(f"Redis is unreachable: {exc}") from None
 
     # -- feedback ----------------------------------------------------------------------------
 
     async def feedback(self, model: str, items: list[Feedback]) -> dict[str, Any]:
         """Join ground truth with the kept predictions of every variant; score them."""
+        pending, self._pending = self._pending, []  # this worker's answers not folded yet join
+        return await self._in_thread(self._feedback, pending, model, items)
+
+    def _feedback(
+        self, pending: list[Observed], model: str, items: list[Feedback]
+    ) -> dict[str, Any]:
         self._check(model)
-        await self._fold_pending(time.time())  # answers of this worker not folded yet join too
+        self._fold_pending(pending, time.time())
         variants = sorted(self.repository.variants(model))
         try:
-            found = await self.feedback_store.take(
-                model, [item.request_id for item in items], variants
-            )
-        except (aioredis.RedisError, OSError) as exc:
+            found = self.feedback_store.take(model, [item.request_id for item in items], variants)
+        except (redis.RedisError, OSError) as exc:
             raise Unavailable(f"Redis is unreachable: {exc}") from None
         scores: Scores = {}
         results = []
@@ -519,7 +579,7 @@ class Monitor:
             joined = []
             for variant, raw in answers.items():
                 state = self._variant(model, variant)
-                predicted = orjson.loads(raw)
+                predicted = np.frombuffer(raw, dtype=np.float64)
                 truth = item.truth if isinstance(item.truth, list) else [item.truth]
                 if state is None or state.prediction is None or len(truth) != len(predicted):
                     continue
@@ -531,8 +591,8 @@ class Monitor:
         if unmatched:
             scores[""] = {"unmatched": float(unmatched)}
         try:
-            await self.feedback_store.add(model, scores)
-        except (aioredis.RedisError, OSError) as exc:
+            self.feedback_store.add(model, scores)
+        except (redis.RedisError, OSError) as exc:
             raise Unavailable(f"Redis is unreachable, feedback not scored: {exc}") from None
         for variant, values in scores.items():
             if variant:
@@ -555,10 +615,14 @@ class Monitor:
     async def report(self, model: str) -> dict[str, Any]:
         """The monitor's view of one model (README "Monitoring"), computed now: everything
         answered until this call, by every worker up to its last tick."""
+        pending, self._pending = self._pending, []
+        return await self._in_thread(self._report_now, pending, model)
+
+    def _report_now(self, pending: list[Observed], model: str) -> dict[str, Any]:
         self._check(model)
         now = time.time()
-        await self._fold_pending(now)
-        return await self._refresh(model, now)
+        self._fold_pending(pending, now)
+        return self._refresh(model, now)
 
     def _report(self, model: str, merged: dict[str, tuple[Counts, Counts]]) -> dict[str, Any]:
         config = self.settings.models[model].monitoring
@@ -620,6 +684,10 @@ class Monitor:
         yield from families.all()
 
 
+def _client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=1.0)
+
+
 def _ref(reference: Reference | None, kind: str, name: str) -> Any:
     return None if reference is None else getattr(reference, kind).get(name)
 
@@ -657,9 +725,9 @@ def _prediction(
 
 
 def _score(
-    total: dict[str, float], prediction: Prediction, predicted: list[Any], truth: list[float]
+    total: dict[str, float], prediction: Prediction, predicted: np.ndarray, truth: list[float]
 ) -> None:
-    p, t = np.asarray(predicted, dtype=np.float64), np.asarray(truth, dtype=np.float64)
+    p, t = predicted, np.asarray(truth, dtype=np.float64)
     total["joined"] = total.get("joined", 0.0) + 1
     total["rows"] = total.get("rows", 0.0) + len(t)
     if prediction.task == "classification":

@@ -47,18 +47,20 @@ class Case:
     name: str
     routing: dict[str, Any] | None = None  # None: the floor app
     workers: int = 1
+    monitoring: bool = True  # the gateway's model monitoring (README "Monitoring")
 
 
 CASES = [
     Case("floor"),
     Case("gateway: live only", {"live": "v1"}),
+    Case("gateway: live only, monitoring off", {"live": "v1"}, monitoring=False),
     Case("gateway: live + 5% canary", {"live": "v1", "canary": {"variant": "v2", "weight": 0.05}}),
     Case(
         "gateway: live + 100% shadow", {"live": "v1", "shadows": [{"variant": "v2", "sample": 1.0}]}
     ),
     Case("gateway: 2 workers (Redis)", {"live": "v1"}, workers=2),
 ]
-LIVE, SHADOW = CASES[1], CASES[3]
+LIVE, UNMONITORED, SHADOW = CASES[1], CASES[2], CASES[4]
 
 
 @dataclass
@@ -127,7 +129,11 @@ def gateway_config(directory: Path, case: Case, redis_url: str | None) -> Path:
         "redis_url": redis_url if case.workers > 1 else None,
         # v2 is the same file under another name: the cost of routing, not of another model.
         "models": {
-            "mlp": {"variants": {"v1": {"path": mlp}, "v2": {"path": mlp}}, "routing": case.routing}
+            "mlp": {
+                "variants": {"v1": {"path": mlp}, "v2": {"path": mlp}},
+                "routing": case.routing,
+                "monitoring": {"enabled": case.monitoring},
+            }
         },
     }
     path = directory / "gateway.yaml"
@@ -346,13 +352,7 @@ def shadow_cost(results: Results, concurrencies: list[int]) -> str:
     of shadow runs that were logged rather than dropped (all rounds together)."""
     lines = []
     for key in [*concurrencies, "paced"]:
-        pairs = list(
-            zip(
-                results.samples[(SHADOW.name, key)],
-                results.samples[(LIVE.name, key)],
-                strict=True,
-            )
-        )
+        pairs = paired(results, SHADOW, LIVE, key)
 
         def median(figure: str, pairs: list[tuple[Sample, Sample]] = pairs) -> float:
             return statistics.median(getattr(m, figure) / getattr(a, figure) for m, a in pairs)
@@ -371,6 +371,32 @@ def shadow_cost(results: Results, concurrencies: list[int]) -> str:
             f"{median('p99_ms'):.2f} times, throughput {median('rps'):.2f} times; shadow runs "
             f"logged {logged / max(logged + dropped, 1):.0%} ({logged:.0f} logged, "
             f"{dropped:.0f} dropped)"
+        )
+    return "\n".join(lines)
+
+
+def paired(results: Results, case: Case, base: Case, key: int | str) -> list[tuple[Sample, Sample]]:
+    """(case, base) samples of the same rounds."""
+    return list(
+        zip(results.samples[(case.name, key)], results.samples[(base.name, key)], strict=True)
+    )
+
+
+def monitoring_cost(results: Results, concurrencies: list[int]) -> str:
+    """Live only with monitoring on against off (medians of the per-round ratios)."""
+    lines = []
+    for key in concurrencies:
+        pairs = paired(results, LIVE, UNMONITORED, key)
+        ratio = {
+            figure: statistics.median(
+                getattr(on, figure) / getattr(off, figure) for on, off in pairs
+            )
+            for figure in ("rps", "p50_ms", "p99_ms", "cpu_us")
+        }
+        lines.append(
+            f"- c={key}: throughput {ratio['rps']:.3f} times monitoring off's, p50 "
+            f"{ratio['p50_ms']:.3f} times, p99 {ratio['p99_ms']:.3f} times, CPU per request "
+            f"{ratio['cpu_us']:.3f} times"
         )
     return "\n".join(lines)
 
@@ -453,6 +479,7 @@ def write_report(results: Results, args: argparse.Namespace, path: Path) -> None
             duration=args.duration,
             table=table(results, args.concurrency),
             shadow=shadow_cost(results, args.concurrency),
+            monitoring=monitoring_cost(results, args.concurrency),
         )
     )
     path.write_text(text)
