@@ -67,11 +67,17 @@ class MemoryFeedback:
         keys = zip(request_ids, itertools.repeat(variant), strict=False)
         stamped = zip(itertools.repeat(now), predictions, strict=False)
         minutes[-1][1].update(zip(keys, stamped, strict=False))
-        while minutes and (
-            minutes[0][0] < int((now - self.ttl_s) // 60)
-            or sum(len(kept) for _, kept in minutes) > self.max_predictions
-        ):
+        while minutes[0][0] < int((now - self.ttl_s) // 60):
             minutes.popleft()
+        excess = sum(len(kept) for _, kept in minutes) - self.max_predictions
+        while excess > 0:  # the oldest answers go first
+            oldest = minutes[0][1]
+            if len(oldest) <= excess and len(minutes) > 1:
+                excess -= len(minutes.popleft()[1])
+                continue
+            for key in list(itertools.islice(oldest, excess)):
+                del oldest[key]
+            excess = 0
 
     def take(
         self, model: str, request_ids: list[str], variants: list[str]
