@@ -8,11 +8,13 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from gateway.admin_client import ADMIN_COMMANDS, run_admin_command
 from gateway.errors import ConfigError
 from gateway.metrics import METRICS_DIR_ENV
+from gateway.monitoring.reference_file import read_reference
 from gateway.runtime import ModelRepository, load_repository
 from gateway.settings import DEFAULT_CONFIG, Settings, load_settings
 
@@ -109,6 +111,13 @@ def _preload(settings: Settings, workers: int) -> ModelRepository | None:
     separate processes), so this check's sessions are dropped.
     """
     repository = load_repository(settings)
+    for name, model in settings.models.items():  # a reference file that cannot serve: say so now
+        if model.monitoring.enabled and model.monitoring.reference is not None:
+            live = repository.session(name, model.routing.live)
+            try:
+                read_reference(Path(model.monitoring.reference), live.inputs)
+            except ConfigError as exc:
+                raise ConfigError(f"models.{name}.monitoring.reference: {exc}") from None
     return repository if workers == 1 else None
 
 

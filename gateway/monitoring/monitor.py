@@ -32,7 +32,7 @@ import redis
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from gateway.errors import Conflict, NotFound, Unavailable
+from gateway.errors import ConfigError, Conflict, NotFound, Unavailable
 from gateway.metrics import Metrics
 from gateway.monitoring.drift import class_statistics, numeric_statistics
 from gateway.monitoring.feedback import FeedbackStore, MemoryFeedback, RedisFeedback, Scores
@@ -160,6 +160,7 @@ class Monitor:
         self._scores: dict[str, Scores] = {}
         self._worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._task: asyncio.Task[None] | None = None
+        self._unreadable: set[str] = set()  # models whose reference file could not be read
         # All the monitor's state belongs to this thread; the event loop only hands work over.
         self._thread = ThreadPoolExecutor(
             1, thread_name_prefix="gateway-monitor", initializer=background_priority
@@ -190,7 +191,7 @@ class Monitor:
         """Load or build the references, then fold every `monitor_interval_s`."""
         for model in sorted(self._enabled):
             try:
-                await self._in_thread(self._load_reference, model)
+                await self._in_thread(self._refresh_reference, model)
             except Unavailable as exc:  # Redis down: the next ticks ask again
                 log.warning("monitoring of %s: reference not loaded yet: %s", model, exc)
         self._task = asyncio.create_task(self._run(), name="gateway-monitor")
@@ -395,22 +396,24 @@ class Monitor:
 
     # -- references --------------------------------------------------------------------------
 
-    def _load_reference(self, model: str) -> None:
-        """The stored reference; else one built from the config's file, then stored."""
-        stored = self._stored_reference(model)
-        if stored is not None:
-            self._references[model] = stored
-            return
-        path = self.settings.models[model].monitoring.reference
-        if path is None:
-            return
-        reference = self._reference_from_file(model, Path(path))
-        self._store_reference(model, reference, replace=False)
-        self._references[model] = self._stored_reference(model) or reference
-
     def _refresh_reference(self, model: str) -> None:
-        """Follow a reference pinned or cleared by another worker."""
+        """The stored reference (pinned or cleared by any worker); with none stored, one built
+        from the config's file and stored, unless another worker stored one first."""
         stored = self._stored_reference(model)
+        path = self.settings.models[model].monitoring.reference
+        if stored is None and path is not None:
+            try:
+                built = self._reference_from_file(model, Path(path))
+            except NotFound:  # the routing is not known yet (Redis down at start-up)
+                return
+            except ConfigError as exc:  # the file changed since start-up: say so once
+                if model not in self._unreadable:
+                    log.error("monitoring of %s: no reference: %s", model, exc)
+                self._unreadable.add(model)
+                return
+            self._unreadable.discard(model)
+            self._store_reference(model, built, replace=False)
+            stored = self._stored_reference(model) or built
         if stored is None:
             self._references.pop(model, None)
         else:

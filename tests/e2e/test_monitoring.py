@@ -316,3 +316,17 @@ def test_cli_monitor_prints_the_drift_table_and_pins_a_reference_from_live(
     assert '"joined": 1' in sent.stdout and '"unmatched": 1' in sent.stdout
     bad = cli("feedback", "iris", "no-equals-sign")
     assert bad.returncode != 0 and "REQUEST_ID=NUMBER" in bad.stderr
+
+
+def test_a_reference_file_that_cannot_serve_stops_start_up_naming_the_field(
+    tmp_path: Path, monitored_repo: Path
+) -> None:
+    config = _config(tmp_path, monitored_repo)
+    (tmp_path / "reference.npz").write_bytes(b"not a zip file")
+    started = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", "1"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert started.returncode == 2
+    assert "models.iris.monitoring.reference" in started.stderr
+    assert "reference.npz" in started.stderr and "Traceback" not in started.stderr
