@@ -14,6 +14,17 @@ if [ ! -x .venv/bin/python ]; then
   echo "== creating .venv"
   python3 -m venv .venv
 fi
+if ! command -v promtool >/dev/null 2>&1 && [ ! -x .venv/bin/promtool ]; then
+  # Prometheus' rule checker, for the chart's alert rules: taken out of Debian's package
+  # without installing it (no service is started).
+  echo "== fetching promtool (Debian's prometheus package)"
+  sudo_if() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+  workdir="$(mktemp -d)"
+  sudo_if apt-get update -qq
+  (cd "$workdir" && apt-get download -qq prometheus >/dev/null && dpkg -x prometheus_*.deb root)
+  cp "$workdir/root/usr/bin/promtool" .venv/bin/promtool
+  rm -rf "$workdir"
+fi
 echo "== installing the project with its test extras"
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test,load]'

@@ -7,6 +7,9 @@ every label an expression selects or groups by, and to fail when one of them doe
 
 import json
 import re
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -582,3 +585,14 @@ def test_templates_load_only_files_that_exist() -> None:
     assert wanted >= {"files/alerts.yaml", "files/grafana-dashboard.json"}
     for name in wanted:
         assert (CHART / name).is_file(), name
+
+
+def test_promtool_accepts_the_alert_rules() -> None:
+    """Prometheus' own checker parses every rule (tests/run.sh puts promtool beside Python)."""
+    promtool = shutil.which("promtool") or str(Path(sys.executable).parent / "promtool")
+    assert Path(promtool).exists(), "promtool is missing: tests/run.sh installs it into .venv/bin"
+    checked = subprocess.run(
+        [promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS" in checked.stdout
