@@ -11,6 +11,7 @@ an empty store (README, "Several workers and replicas").
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 from collections.abc import Collection
@@ -98,7 +99,7 @@ class Gateway:
             settings.request_timeout_s,
         )  # fmt: skip
         self.monitor = Monitor(
-            settings, repository, table, self.metrics, self.metrics.registry, settings.redis_url
+            settings, repository, table, self.metrics, self.metrics.registry, self._redis
         )
         await self.monitor.start()
         self.service.observe = self.shadow_log.observe = self.monitor.observe
@@ -107,6 +108,10 @@ class Gateway:
             self.access_log = AccessLog()
             self.access_log.start()
         self._settle_routing()
+        # What start-up made (modules, sessions, scipy's tables) lives as long as the process:
+        # moved out of the collector's view, a full collection scans only what serving made.
+        # Without it, one took up to 70 ms on the event loop (CPython's gc.freeze docs).
+        gc.freeze()
         return self.service
 
     async def stop(self) -> None:
@@ -149,7 +154,7 @@ class Gateway:
             if announce:  # tell the other workers and replicas; 503 here changes nothing yet
                 await self.control.store.announce_reload()
             self._switch(settings, repository)
-            await self.monitor.configure(settings, repository)
+            self.monitor.configure(settings, repository)
             new = {m: s for m, s in _initial_states(settings).items() if m not in current}
             await self._adopt_routing(new)
             self._settle_routing()

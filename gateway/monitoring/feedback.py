@@ -18,7 +18,7 @@ import time
 from collections import deque
 from typing import Protocol
 
-import redis
+import redis.asyncio as aioredis
 
 PREDICTIONS_KEY = "gateway:feedback:{model}:predictions:{minute}"
 SCORES_KEY = "gateway:feedback:{model}:scores"
@@ -29,93 +29,89 @@ Scores = dict[str, dict[str, float]]  # variant -> score name -> sum; "" -> {"un
 
 
 class FeedbackStore(Protocol):
-    def keep(
+    async def keep(
         self, model: str, variant: str, request_ids: list[str], predictions: list[bytes]
     ) -> None:
         """Keep each request's predictions by `variant` (one float64 per row) for the TTL."""
 
-    def take(
+    async def take(
         self, model: str, request_ids: list[str], variants: list[str]
     ) -> list[dict[str, bytes]]:
         """Per request id, the predictions kept for it by variant; they are removed."""
 
-    def add(self, model: str, scores: Scores) -> None: ...
+    async def add(self, model: str, scores: Scores) -> None: ...
 
-    def scores(self, model: str) -> Scores: ...
+    async def scores(self, model: str) -> Scores: ...
 
 
 class MemoryFeedback:
-    """Embedded mode: everything in this process (see the module docstring). Answers are kept
-    in one dict per minute, so keeping a fold's answers is one C-level update and expiring is
-    dropping whole minutes; each answer carries its time, so the TTL holds to the second."""
+    """Embedded mode: everything in this process (see the module docstring). One dict holds
+    every kept answer; a queue of (time, keys) per keep call lets expiry and the cap drop the
+    oldest answers by key, without scanning."""
 
     def __init__(self, ttl_s: float, max_predictions: int) -> None:
         self.ttl_s = ttl_s
         self.max_predictions = max_predictions
-        # Per model: (minute, {(request id, variant): (time, predictions)}), oldest first.
-        self._kept: dict[str, deque[tuple[int, dict[tuple[str, str], tuple[float, bytes]]]]] = {}
+        self._kept: dict[tuple[str, str, str], tuple[float, bytes]] = {}  # model, id, variant
+        self._order: deque[tuple[float, list[tuple[str, str, str]]]] = deque()
+        self._count = 0  # keys in _order (a reused request id is counted again)
         self._scores: dict[str, Scores] = {}
 
-    def keep(
+    async def keep(
         self, model: str, variant: str, request_ids: list[str], predictions: list[bytes]
     ) -> None:
         now = time.time()
-        minutes = self._kept.setdefault(model, deque())
-        minute = int(now // 60)
-        if not minutes or minutes[-1][0] != minute:
-            minutes.append((minute, {}))
-        keys = zip(request_ids, itertools.repeat(variant), strict=False)
+        keys = list(zip(itertools.repeat(model), request_ids, itertools.repeat(variant)))
         stamped = zip(itertools.repeat(now), predictions, strict=False)
-        minutes[-1][1].update(zip(keys, stamped, strict=False))
-        while minutes[0][0] < int((now - self.ttl_s) // 60):
-            minutes.popleft()
-        excess = sum(len(kept) for _, kept in minutes) - self.max_predictions
-        while excess > 0:  # the oldest answers go first
-            oldest = minutes[0][1]
-            if len(oldest) <= excess and len(minutes) > 1:
-                excess -= len(minutes.popleft()[1])
-                continue
-            for key in list(itertools.islice(oldest, excess)):
-                del oldest[key]
-            excess = 0
+        self._kept.update(zip(keys, stamped, strict=True))
+        self._order.append((now, keys))
+        self._count += len(keys)
+        self._trim(now)
 
-    def take(
+    def _trim(self, now: float) -> None:
+        """Drop what is past the TTL, then the oldest while over the cap (a reused request id
+        keeps its first place in the queue, so it may go early)."""
+        order, kept = self._order, self._kept
+        while order and (order[0][0] < now - self.ttl_s or self._count > self.max_predictions):
+            _, keys = order.popleft()
+            self._count -= len(keys)
+            for key in keys:
+                kept.pop(key, None)
+
+    async def take(
         self, model: str, request_ids: list[str], variants: list[str]
     ) -> list[dict[str, bytes]]:
         now = time.time()
-        minutes = list(reversed(self._kept.get(model, ())))  # the newest answer first
+        self._trim(now)
         found = []
         for request_id in request_ids:
             answers = {}
             for variant in variants:
-                for _, kept in minutes:
-                    entry = kept.pop((request_id, variant), None)
-                    if entry is not None:
-                        if now - entry[0] <= self.ttl_s:
-                            answers[variant] = entry[1]
-                        break
+                entry = self._kept.pop((model, request_id, variant), None)
+                if entry is not None and now - entry[0] <= self.ttl_s:
+                    answers[variant] = entry[1]
             found.append(answers)
         return found
 
-    def add(self, model: str, scores: Scores) -> None:
+    async def add(self, model: str, scores: Scores) -> None:
         totals = self._scores.setdefault(model, {})
         for variant, values in scores.items():
             total = totals.setdefault(variant, {})
             for name, value in values.items():
                 total[name] = total.get(name, 0.0) + value
 
-    def scores(self, model: str) -> Scores:
+    async def scores(self, model: str) -> Scores:
         return {variant: dict(values) for variant, values in self._scores.get(model, {}).items()}
 
 
 class RedisFeedback:
     """With Redis: shared by every worker and replica (see the module docstring)."""
 
-    def __init__(self, client: redis.Redis, ttl_s: float) -> None:
+    def __init__(self, client: aioredis.Redis, ttl_s: float) -> None:
         self._client = client
         self.ttl_s = ttl_s
 
-    def keep(
+    async def keep(
         self, model: str, variant: str, request_ids: list[str], predictions: list[bytes]
     ) -> None:
         now = time.time()
@@ -125,12 +121,12 @@ class RedisFeedback:
             f"{request_id}\x1f{variant}": stamp + value
             for request_id, value in zip(request_ids, predictions, strict=True)
         }
-        with self._client.pipeline(transaction=False) as pipe:
+        async with self._client.pipeline(transaction=False) as pipe:
             pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
             pipe.expire(key, int(self.ttl_s) + 60)
-            pipe.execute()
+            await pipe.execute()
 
-    def take(
+    async def take(
         self, model: str, request_ids: list[str], variants: list[str]
     ) -> list[dict[str, bytes]]:
         now = time.time()
@@ -140,10 +136,10 @@ class RedisFeedback:
             f"{request_id}\x1f{variant}" for request_id in request_ids for variant in variants
         ]
         keys = [PREDICTIONS_KEY.format(model=model, minute=minute) for minute in minutes]
-        with self._client.pipeline(transaction=False) as pipe:
+        async with self._client.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.hmget(key, fields)
-            answers = pipe.execute()
+            answers = await pipe.execute()
         found: dict[str, tuple[str, bytes]] = {}  # field -> (key, value), the newest minute first
         for key, values in zip(keys, answers, strict=True):
             for name, value in zip(fields, values, strict=True):
@@ -152,10 +148,10 @@ class RedisFeedback:
                     if now - float(stamp) <= self.ttl_s:
                         found[name] = (key, prediction)
         if found:
-            with self._client.pipeline(transaction=False) as pipe:
+            async with self._client.pipeline(transaction=False) as pipe:
                 for name, (key, _) in found.items():
                     pipe.hdel(key, name)
-                pipe.execute()
+                await pipe.execute()
         return [
             {
                 variant: found[name][1]
@@ -165,16 +161,16 @@ class RedisFeedback:
             for request_id in request_ids
         ]
 
-    def add(self, model: str, scores: Scores) -> None:
+    async def add(self, model: str, scores: Scores) -> None:
         key = SCORES_KEY.format(model=model)
-        with self._client.pipeline(transaction=False) as pipe:
+        async with self._client.pipeline(transaction=False) as pipe:
             for variant, values in scores.items():
                 for name, value in values.items():
                     pipe.hincrbyfloat(key, f"{variant}\x1f{name}", value)
-            pipe.execute()
+            await pipe.execute()
 
-    def scores(self, model: str) -> Scores:
-        raw = self._client.hgetall(SCORES_KEY.format(model=model))
+    async def scores(self, model: str) -> Scores:
+        raw = await self._client.hgetall(SCORES_KEY.format(model=model))
         scores: Scores = {}
         for field, value in raw.items():
             text = field.decode() if isinstance(field, bytes) else field

@@ -20,15 +20,14 @@ import socket
 import time
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import orjson
-import redis
+import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 
@@ -42,13 +41,13 @@ from gateway.monitoring.reference_file import read_reference
 from gateway.routing import RoutingTable
 from gateway.runtime import ModelRepository, ModelSession
 from gateway.settings import MonitoringConfig, Settings
-from gateway.shadow import background_priority, yield_gil
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_PENDING = 100_000  # answers waiting for the next fold; beyond it they are dropped, counted
-FOLD_CHUNK = 500  # answers folded between two chances for the event loop to take the GIL
+FOLD_CHUNK = 200  # answers folded between two returns to the event loop
+STATISTICS_CHUNK = 8  # features compared (scipy) between two returns to the event loop
 KEEP_ROWS = 10_000  # recent live rows per model, to pin a reference from
 REFERENCE_BATCH = 1024  # reference rows per model run
 LIVE_KEY = "gateway:monitor:{model}:live"
@@ -139,13 +138,13 @@ class Monitor:
         table: RoutingTable,
         metrics: Metrics,
         registry: CollectorRegistry,
-        redis_url: str | None,
+        redis_client: aioredis.Redis | None,
     ) -> None:
         self.settings = settings
         self.repository = repository
         self._table = table
         self._metrics = metrics
-        self._redis = None if redis_url is None else _client(redis_url)
+        self._redis = redis_client
         self.feedback_store: FeedbackStore = (
             MemoryFeedback(settings.feedback_ttl_s, settings.feedback_max_predictions)
             if self._redis is None
@@ -161,10 +160,6 @@ class Monitor:
         self._worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._task: asyncio.Task[None] | None = None
         self._unreadable: set[str] = set()  # models whose reference file could not be read
-        # All the monitor's state belongs to this thread; the event loop only hands work over.
-        self._thread = ThreadPoolExecutor(
-            1, thread_name_prefix="gateway-monitor", initializer=background_priority
-        )
         registry.register(self)
 
     # -- the request path ------------------------------------------------------------------
@@ -185,13 +180,13 @@ class Monitor:
             else:
                 self._metrics.monitor_dropped(model)
 
-    # -- life cycle (on the event loop; the work itself runs on the monitor's thread) ---------
+    # -- life cycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Load or build the references, then fold every `monitor_interval_s`."""
         for model in sorted(self._enabled):
             try:
-                await self._in_thread(self._refresh_reference, model)
+                await self._refresh_reference(model)
             except Unavailable as exc:  # Redis down: the next ticks ask again
                 log.warning("monitoring of %s: reference not loaded yet: %s", model, exc)
         self._task = asyncio.create_task(self._run(), name="gateway-monitor")
@@ -201,13 +196,9 @@ class Monitor:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._thread.shutdown(wait=True)
 
-    async def configure(self, settings: Settings, repository: ModelRepository) -> None:
+    def configure(self, settings: Settings, repository: ModelRepository) -> None:
         """Use a reloaded config and repository (variants are looked up again)."""
-        await self._in_thread(self._configure, settings, repository)
-
-    def _configure(self, settings: Settings, repository: ModelRepository) -> None:
         self.settings, self.repository = settings, repository
         self._enabled = {n for n, m in settings.models.items() if m.monitoring.enabled}
         self._variants.clear()
@@ -222,51 +213,43 @@ class Monitor:
 
     async def tick(self) -> None:
         """Fold what was observed, keep predictions, share and merge windows, compute."""
-        pending, self._pending = self._pending, []
-        await self._in_thread(self._tick, pending)
-
-    async def _in_thread(self, function: Callable[..., T], *args: Any) -> T:
-        """Run `function` on the monitor's own thread, which alone touches its state."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, function, *args)
-
-    def _tick(self, pending: list[Observed]) -> None:
         now = time.time()
-        self._fold_pending(pending, now)
+        await self._fold_pending(now)
         for model in sorted(self._enabled):
-            self._refresh(model, now)
-            yield_gil()
+            await self._refresh(model, now)
 
-    def _refresh(self, model: str, now: float) -> dict[str, Any]:
+    async def _refresh(self, model: str, now: float) -> dict[str, Any]:
         """Follow the stored reference, merge the windows, read the scores, compute."""
         with contextlib.suppress(Unavailable):
-            self._refresh_reference(model)
-        self._auto_pin(model)
-        merged = self._merged(model, now)
+            await self._refresh_reference(model)
+        await self._auto_pin(model)
+        merged = await self._merged(model, now)
         try:
-            self._scores[model] = self.feedback_store.scores(model)
-        except (redis.RedisError, OSError) as exc:
+            self._scores[model] = await self.feedback_store.scores(model)
+        except (aioredis.RedisError, OSError) as exc:
             log.warning("online metrics of %s not read: %s", model, exc)
-        report = self._reports[model] = self._report(model, merged)
+        report = self._reports[model] = await self._report(model, merged)
         return report
 
     # -- folding -----------------------------------------------------------------------------
 
-    def _fold_pending(self, pending: list[Observed], now: float) -> None:
+    async def _fold_pending(self, now: float) -> None:
         """Fold what was observed since the last fold; keep its predictions for feedback.
 
-        In chunks, letting go of the GIL between them: the event loop waits at most one chunk.
+        On the event loop, in chunks of FOLD_CHUNK answers with a return to the loop between
+        them: a request waits for at most one chunk (a fraction of a millisecond). On a thread
+        of its own the work fought the event loop for the GIL, which cost far more.
         """
+        pending, self._pending = self._pending, []
         for start in range(0, len(pending), FOLD_CHUNK):
-            self._fold_chunk(pending[start : start + FOLD_CHUNK], now)
-            yield_gil()
-
-    def _fold_chunk(self, pending: list[Observed], now: float) -> None:
-        for model, variant, request_ids, predictions in self._fold(pending, now):
-            try:
-                self.feedback_store.keep(model, variant, request_ids, predictions)
-            except (redis.RedisError, OSError) as exc:
-                log.warning("predictions of %s not kept for feedback: %s", model, exc)
+            for model, variant, ids, predictions in self._fold(
+                pending[start : start + FOLD_CHUNK], now
+            ):
+                try:
+                    await self.feedback_store.keep(model, variant, ids, predictions)
+                except (aioredis.RedisError, OSError) as exc:
+                    log.warning("predictions of %s not kept for feedback: %s", model, exc)
+            await asyncio.sleep(0)
 
     def _fold(self, pending: list[Observed], now: float) -> list[Kept]:
         """Fold answers into their variants' windows; (model, variant, request ids, predictions)
@@ -357,7 +340,7 @@ class Monitor:
 
     # -- sharing windows ---------------------------------------------------------------------
 
-    def _merged(self, model: str, now: float) -> dict[str, tuple[Counts, Counts]]:
+    async def _merged(self, model: str, now: float) -> dict[str, tuple[Counts, Counts]]:
         """Every variant's window, summed over the workers and replicas that share Redis."""
         own = {
             variant: (state.inputs.total(now), state.outputs.total(now))
@@ -371,12 +354,12 @@ class Monitor:
         mine = {variant: [i.to_dict(), o.to_dict()] for variant, (i, o) in own.items()}
         window_s = self.settings.models[model].monitoring.window_s
         try:
-            with client.pipeline(transaction=False) as pipe:
+            async with client.pipeline(transaction=False) as pipe:
                 pipe.hset(key, self._worker, orjson.dumps({"ts": now, "variants": mine}))
                 pipe.expire(key, int(window_s * 2) + 60)
                 pipe.hgetall(key)
-                _, _, everyone = pipe.execute()
-        except (redis.RedisError, OSError) as exc:
+                _, _, everyone = await pipe.execute()
+        except (aioredis.RedisError, OSError) as exc:
             log.warning("live profile of %s not shared (this worker's alone): %s", model, exc)
             return own
         merged: dict[str, tuple[Counts, Counts]] = {}
@@ -390,20 +373,20 @@ class Monitor:
             for variant, (inputs, outputs) in entry["variants"].items():
                 _add(merged, variant, Counts.from_dict(inputs), Counts.from_dict(outputs))
         if stale:
-            with contextlib.suppress(redis.RedisError, OSError):
-                client.hdel(key, *stale)
+            with contextlib.suppress(aioredis.RedisError, OSError):
+                await client.hdel(key, *stale)
         return merged
 
     # -- references --------------------------------------------------------------------------
 
-    def _refresh_reference(self, model: str) -> None:
+    async def _refresh_reference(self, model: str) -> None:
         """The stored reference (pinned or cleared by any worker); with none stored, one built
         from the config's file and stored, unless another worker stored one first."""
-        stored = self._stored_reference(model)
+        stored = await self._stored_reference(model)
         path = self.settings.models[model].monitoring.reference
         if stored is None and path is not None:
             try:
-                built = self._reference_from_file(model, Path(path))
+                built = await asyncio.to_thread(self._reference_from_file, model, Path(path))
             except NotFound:  # the routing is not known yet (Redis down at start-up)
                 return
             except ConfigError as exc:  # the file changed since start-up: say so once
@@ -412,8 +395,8 @@ class Monitor:
                 self._unreadable.add(model)
                 return
             self._unreadable.discard(model)
-            self._store_reference(model, built, replace=False)
-            stored = self._stored_reference(model) or built
+            await self._store_reference(model, built, replace=False)
+            stored = await self._stored_reference(model) or built
         if stored is None:
             self._references.pop(model, None)
         else:
@@ -452,32 +435,22 @@ class Monitor:
 
     async def pin_reference(self, model: str, rows: int | None = None) -> dict[str, Any]:
         """Pin a reference from this worker's last `rows` live rows (all it keeps: None)."""
-        pending, self._pending = self._pending, []
-        return await self._in_thread(self._pin_reference, pending, model, rows)
-
-    def _pin_reference(
-        self, pending: list[Observed], model: str, rows: int | None
-    ) -> dict[str, Any]:
-        self._fold_pending(pending, time.time())
         self._check(model)
+        await self._fold_pending(time.time())
         recent = self._recent.get(model)
         if recent is None or recent.rows == 0:
             raise Conflict(f"model {model!r}: no live rows seen yet by this worker to pin from")
         reference = self._reference_from_recent(model, recent, rows or KEEP_ROWS)
-        self._store_reference(model, reference, replace=True)
+        await self._store_reference(model, reference, replace=True)
         self._references[model] = reference
         return self.reference_info(model) or {}
 
     async def clear_reference(self, model: str) -> None:
-        await self._in_thread(self._clear_reference, model)
-
-    def _clear_reference(self, model: str) -> None:
         self._check(model)
-        client = self._redis
-        if client is None:
+        if self._redis is None:
             self._reference_file(model).unlink(missing_ok=True)
         else:
-            self._call(lambda: client.delete(REFERENCE_KEY.format(model=model)))
+            await self._call(self._redis.delete(REFERENCE_KEY.format(model=model)))
         self._references.pop(model, None)
 
     def reference_info(self, model: str) -> dict[str, Any] | None:
@@ -486,15 +459,15 @@ class Monitor:
             return None
         return {"source": reference.source, "rows": reference.rows, "created": reference.created}
 
-    def _auto_pin(self, model: str) -> None:
+    async def _auto_pin(self, model: str) -> None:
         wanted = self.settings.models[model].monitoring.reference_from_live
         recent = self._recent.get(model)
         if not wanted or model in self._references or recent is None or recent.rows < wanted:
             return
         reference = self._reference_from_recent(model, recent, wanted, first=True)
         try:
-            self._store_reference(model, reference, replace=False)
-            self._references[model] = self._stored_reference(model) or reference
+            await self._store_reference(model, reference, replace=False)
+            self._references[model] = await self._stored_reference(model) or reference
         except Unavailable as exc:
             log.warning("reference of %s not pinned yet: %s", model, exc)
 
@@ -520,7 +493,7 @@ class Monitor:
             config.bins,
         )
 
-    def _stored_reference(self, model: str) -> Reference | None:
+    async def _stored_reference(self, model: str) -> Reference | None:
         client = self._redis
         if client is None:
             try:
@@ -528,13 +501,13 @@ class Monitor:
             except FileNotFoundError:
                 return None
         else:
-            stored: Any = self._call(lambda: client.get(REFERENCE_KEY.format(model=model)))
+            stored: Any = await self._call(client.get(REFERENCE_KEY.format(model=model)))
             if stored is None:
                 return None
             raw = bytes(stored)
         return Reference.from_dict(orjson.loads(raw))
 
-    def _store_reference(self, model: str, reference: Reference, replace: bool) -> None:
+    async def _store_reference(self, model: str, reference: Reference, replace: bool) -> None:
         """Store it; `replace=False` keeps one another worker stored first."""
         data = orjson.dumps(reference.to_dict())
         client = self._redis
@@ -548,33 +521,29 @@ class Monitor:
             temporary.replace(path)
         else:
             key = REFERENCE_KEY.format(model=model)
-            self._call(lambda: client.set(key, data, nx=not replace))
+            await self._call(client.set(key, data, nx=not replace))
 
     def _reference_file(self, model: str) -> Path:
         return self.settings.data_dir / "monitor" / f"{model}.reference.json"
 
-    def _call(self, function: Callable[[], T]) -> T:
+    async def _call(self, awaitable: Awaitable[T]) -> T:
         try:
-            return function()
-        except (redis.RedisError, OSError) as exc:
+            return await awaitable
+        except (aioredis.RedisError, OSError) as exc:
             raise Unavailable(f"Redis is unreachable: {exc}") from None
 
     # -- feedback ----------------------------------------------------------------------------
 
     async def feedback(self, model: str, items: list[Feedback]) -> dict[str, Any]:
         """Join ground truth with the kept predictions of every variant; score them."""
-        pending, self._pending = self._pending, []  # this worker's answers not folded yet join
-        return await self._in_thread(self._feedback, pending, model, items)
-
-    def _feedback(
-        self, pending: list[Observed], model: str, items: list[Feedback]
-    ) -> dict[str, Any]:
         self._check(model)
-        self._fold_pending(pending, time.time())
+        await self._fold_pending(time.time())  # this worker's answers not folded yet join too
         variants = sorted(self.repository.variants(model))
         try:
-            found = self.feedback_store.take(model, [item.request_id for item in items], variants)
-        except (redis.RedisError, OSError) as exc:
+            found = await self.feedback_store.take(
+                model, [item.request_id for item in items], variants
+            )
+        except (aioredis.RedisError, OSError) as exc:
             raise Unavailable(f"Redis is unreachable: {exc}") from None
         scores: Scores = {}
         results = []
@@ -594,8 +563,8 @@ class Monitor:
         if unmatched:
             scores[""] = {"unmatched": float(unmatched)}
         try:
-            self.feedback_store.add(model, scores)
-        except (redis.RedisError, OSError) as exc:
+            await self.feedback_store.add(model, scores)
+        except (aioredis.RedisError, OSError) as exc:
             raise Unavailable(f"Redis is unreachable, feedback not scored: {exc}") from None
         for variant, values in scores.items():
             if variant:
@@ -618,16 +587,12 @@ class Monitor:
     async def report(self, model: str) -> dict[str, Any]:
         """The monitor's view of one model (README "Monitoring"), computed now: everything
         answered until this call, by every worker up to its last tick."""
-        pending, self._pending = self._pending, []
-        return await self._in_thread(self._report_now, pending, model)
-
-    def _report_now(self, pending: list[Observed], model: str) -> dict[str, Any]:
         self._check(model)
         now = time.time()
-        self._fold_pending(pending, now)
-        return self._refresh(model, now)
+        await self._fold_pending(now)
+        return await self._refresh(model, now)
 
-    def _report(self, model: str, merged: dict[str, tuple[Counts, Counts]]) -> dict[str, Any]:
+    async def _report(self, model: str, merged: dict[str, tuple[Counts, Counts]]) -> dict[str, Any]:
         config = self.settings.models[model].monitoring
         reference = self._references.get(model)
         scores = self._scores.get(model, {})
@@ -642,24 +607,8 @@ class Monitor:
             )
             variants[variant] = {
                 "rows": int(inputs.rows.max()) if inputs.rows.size else 0,
-                "inputs": [
-                    _row(
-                        "feature",
-                        name,
-                        numeric_statistics(inputs, j, _ref(reference, "inputs", name)),
-                        config,
-                    )
-                    for j, name in enumerate(inputs.names)
-                ],
-                "outputs": [
-                    _row(
-                        "output",
-                        name,
-                        numeric_statistics(outputs, j, _ref(reference, "outputs", name)),
-                        config,
-                    )
-                    for j, name in enumerate(outputs.names)
-                ],
+                "inputs": await _statistics("feature", inputs, reference, "inputs", config),
+                "outputs": await _statistics("output", outputs, reference, "outputs", config),
                 "classes": {
                     name: class_statistics(
                         outputs.classes.get(name, {}),
@@ -687,8 +636,17 @@ class Monitor:
         yield from families.all()
 
 
-def _client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=1.0)
+async def _statistics(
+    key: str, counts: Counts, reference: Reference | None, kind: str, config: MonitoringConfig
+) -> list[dict[str, Any]]:
+    """Each feature's statistics, back to the event loop every STATISTICS_CHUNK features."""
+    rows = []
+    for j, name in enumerate(counts.names):
+        found = numeric_statistics(counts, j, _ref(reference, kind, name))
+        rows.append(_row(key, name, found, config))
+        if j % STATISTICS_CHUNK == STATISTICS_CHUNK - 1:
+            await asyncio.sleep(0)
+    return rows
 
 
 def _ref(reference: Reference | None, kind: str, name: str) -> Any:

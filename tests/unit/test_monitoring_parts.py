@@ -217,26 +217,32 @@ def test_reference_file_errors_name_the_file_and_reason(
     assert name in str(raised.value)
 
 
-def test_memory_feedback_takes_an_answer_once_and_forgets_it_after_the_ttl(
+async def test_memory_feedback_takes_an_answer_once_and_forgets_it_after_the_ttl(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = [1000.0]
     monkeypatch.setattr("gateway.monitoring.feedback.time.time", lambda: clock[0])
     store = MemoryFeedback(ttl_s=10.0, max_predictions=100)
-    store.keep("m", "blue", ["a", "b"], [b"1", b"2"])
-    store.keep("m", "green", ["a"], [b"3"])
-    assert store.take("m", ["a", "zzz"], ["blue", "green"]) == [{"blue": b"1", "green": b"3"}, {}]
-    assert store.take("m", ["a"], ["blue", "green"]) == [{}]  # taken once
+    await store.keep("m", "blue", ["a", "b"], [b"1", b"2"])
+    await store.keep("m", "green", ["a"], [b"3"])
+    assert (await store.take("m", ["a", "zzz"], ["blue", "green"])) == [
+        {"blue": b"1", "green": b"3"},
+        {},
+    ]
+    assert await store.take("m", ["a"], ["blue", "green"]) == [{}]  # taken once
     clock[0] += 10.5
-    assert store.take("m", ["b"], ["blue"]) == [{}]  # past the TTL
-    store.add("m", {"blue": {"rows": 2.0}})
-    store.add("m", {"blue": {"rows": 1.0, "correct": 1.0}})
-    assert store.scores("m") == {"blue": {"rows": 3.0, "correct": 1.0}}
+    assert await store.take("m", ["b"], ["blue"]) == [{}]  # past the TTL
+    await store.add("m", {"blue": {"rows": 2.0}})
+    await store.add("m", {"blue": {"rows": 1.0, "correct": 1.0}})
+    assert await store.scores("m") == {"blue": {"rows": 3.0, "correct": 1.0}}
 
 
-def test_memory_feedback_keeps_at_most_max_predictions() -> None:
+async def test_memory_feedback_keeps_at_most_max_predictions() -> None:
     store = MemoryFeedback(ttl_s=3600.0, max_predictions=5)
     for i in range(4):
-        store.keep("m", "blue", [f"{i}-{j}" for j in range(3)], [b"x"] * 3)
-    kept = sum(bool(store.take("m", [f"{i}-{j}"], ["blue"])[0]) for i in range(4) for j in range(3))
+        await store.keep("m", "blue", [f"{i}-{j}" for j in range(3)], [b"x"] * 3)
+    kept = 0
+    for i in range(4):
+        for j in range(3):
+            kept += bool((await store.take("m", [f"{i}-{j}"], ["blue"]))[0])
     assert 0 < kept <= 5
