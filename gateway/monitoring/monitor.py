@@ -16,6 +16,7 @@ import contextlib
 import logging
 import math
 import os
+import random
 import socket
 import time
 import uuid
@@ -46,15 +47,14 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_PENDING = 100_000  # answers waiting for the next fold; beyond it they are dropped, counted
-FOLD_CHUNK = 200  # answers folded between two returns to the event loop
+PROFILED_PER_S = 1000  # answers per variant a second counted into live profiles at most
+PROFILE_CHUNK = 250  # answers profiled between two returns to the event loop
+KEEP_CHUNK = 500  # answers kept for feedback between two returns to the event loop
 STATISTICS_CHUNK = 8  # features compared (scipy) between two returns to the event loop
 KEEP_ROWS = 10_000  # recent live rows per model, to pin a reference from
 REFERENCE_BATCH = 1024  # reference rows per model run
 LIVE_KEY = "gateway:monitor:{model}:live"
 REFERENCE_KEY = "gateway:monitor:{model}:reference"
-
-
-Kept = tuple[str, str, list[str], list[bytes]]  # model, variant, request ids, predictions
 
 
 class Observed(NamedTuple):
@@ -234,40 +234,39 @@ class Monitor:
     # -- folding -----------------------------------------------------------------------------
 
     async def _fold_pending(self, now: float) -> None:
-        """Fold what was observed since the last fold; keep its predictions for feedback.
+        """Keep every answer's prediction for feedback, and fold answers into the live
+        profiles: all of them up to PROFILED_PER_S a second per variant, else a uniform sample
+        of that many (the statistics need no more, and the cost stays flat under load).
 
-        On the event loop, in chunks of FOLD_CHUNK answers with a return to the loop between
-        them: a request waits for at most one chunk (a fraction of a millisecond). On a thread
-        of its own the work fought the event loop for the GIL, which cost far more.
+        On the event loop, in chunks with a return to the loop between them, so a request
+        waits for at most one chunk (a fraction of a millisecond). On a thread of its own the
+        work fought the event loop for the GIL, which cost far more.
         """
         pending, self._pending = self._pending, []
-        for start in range(0, len(pending), FOLD_CHUNK):
-            for model, variant, ids, predictions in self._fold(
-                pending[start : start + FOLD_CHUNK], now
-            ):
-                try:
-                    await self.feedback_store.keep(model, variant, ids, predictions)
-                except (aioredis.RedisError, OSError) as exc:
-                    log.warning("predictions of %s not kept for feedback: %s", model, exc)
-            await asyncio.sleep(0)
-
-    def _fold(self, pending: list[Observed], now: float) -> list[Kept]:
-        """Fold answers into their variants' windows; (model, variant, request ids, predictions)
-        of each group to keep for feedback."""
         groups: defaultdict[tuple[str, ...], list[Observed]] = defaultdict(list)
-        for item in pending:
-            groups[item[:3]].append(item)  # model, variant, role
-        kept: list[Kept] = []
+        for start in range(0, len(pending), KEEP_CHUNK):
+            chunk: defaultdict[tuple[str, ...], list[Observed]] = defaultdict(list)
+            for item in pending[start : start + KEEP_CHUNK]:
+                chunk[item[:3]].append(item)  # model, variant, role
+            for (model, variant, role), items in chunk.items():
+                groups[(model, variant, role)] += items
+                state = self._variant(model, variant)
+                if state is not None and state.prediction is not None:
+                    await self._keep(model, variant, state.prediction, items)
+            await asyncio.sleep(0)
+        budget = max(1, int(PROFILED_PER_S * self.settings.monitor_interval_s))
         for (model, variant, role), items in groups.items():
             state = self._variant(model, variant)
             if state is None:
                 continue
-            ids, predictions = self._fold_group(model, variant, role, state, items, now)
-            if ids:
-                kept.append((model, variant, ids, predictions))
-        return kept
+            profiled = items if len(items) <= budget else random.sample(items, budget)
+            for start in range(0, len(profiled), PROFILE_CHUNK):
+                self._profile(
+                    model, variant, role, state, profiled[start : start + PROFILE_CHUNK], now
+                )
+                await asyncio.sleep(0)
 
-    def _fold_group(
+    def _profile(
         self,
         model: str,
         variant: str,
@@ -275,7 +274,8 @@ class Monitor:
         state: _Variant,
         items: list[Observed],
         now: float,
-    ) -> tuple[list[str], list[bytes]]:
+    ) -> None:
+        """Count answers into the variant's windows (and keep live rows to pin from)."""
         layout, reference = state.layout, self._references.get(model)
         tensors = {column.tensor for column in layout.inputs}
         joined_inputs = {name: stack([item.inputs[name] for item in items]) for name in tensors}
@@ -286,7 +286,7 @@ class Monitor:
         y = columns(joined, layout.outputs) if complete else np.empty((0, len(layout.outputs)))
         labels = (
             {name: joined[name][:, 0].astype(np.int64) for name in layout.classes}
-            if (complete)
+            if complete
             else {}
         )
         in_counts, out_counts = state.inputs.current(now), state.outputs.current(now)
@@ -296,29 +296,26 @@ class Monitor:
             out_counts.add_classes(name, values)
         if role == "live" and len(complete) == len(items):
             self._recent.setdefault(model, _Recent()).add(variant, x, y, labels)
-        return self._predictions(variant, state.prediction, complete, joined)
 
-    def _predictions(
-        self,
-        variant: str,
-        prediction: Prediction | None,
-        items: list[Observed],
-        stacked: dict[str, np.ndarray],
-    ) -> tuple[list[str], list[bytes]]:
-        """The request ids, and each answer's predictions (one per row) as float64 bytes."""
-        if prediction is None or not items:
-            return [], []
-        joined = stacked.get(prediction.output)
-        if joined is None:
-            joined = stack([item.outputs[prediction.output] for item in items])
+    async def _keep(
+        self, model: str, variant: str, prediction: Prediction, items: list[Observed]
+    ) -> None:
+        """Keep each answer's predictions (one float64 per row) under its request id."""
+        items = [item for item in items if prediction.output in item.outputs]
+        if not items:
+            return
+        tensors = [item.outputs[prediction.output] for item in items]
+        joined = stack(tensors)
         raw = prediction.of(joined).astype(np.float64).tobytes()
-        ids = [item.request_id for item in items]
         if joined.shape[0] == len(items):  # one row each, the usual case: slices of 8 bytes
             chunks = [raw[i : i + 8] for i in range(0, len(raw), 8)]
         else:
-            ends = np.cumsum([item.outputs[prediction.output].shape[0] for item in items]) * 8
+            ends = np.cumsum([tensor.shape[0] if tensor.ndim else 1 for tensor in tensors]) * 8
             chunks = [raw[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]
-        return ids, chunks
+        try:
+            await self.feedback_store.keep(model, variant, [i.request_id for i in items], chunks)
+        except (aioredis.RedisError, OSError) as exc:
+            log.warning("predictions of %s not kept for feedback: %s", model, exc)
 
     def _variant(self, model: str, variant: str) -> _Variant | None:
         try:

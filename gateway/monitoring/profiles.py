@@ -183,15 +183,23 @@ class Counts:
             if label in known or len(known) < MAX_CLASSES:
                 known[label] = known.get(label, 0) + count
 
-    def merge(self, other: "Counts") -> None:
-        for name in _VECTORS:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.bin_counts += other.bin_counts
-        self.bin_sums += other.bin_sums
+    def merge(self, other: "Counts", sign: float = 1.0) -> None:
+        """Add `other` (sign -1.0: take it away, as a slot leaves the window)."""
+        for name in _ARRAYS:
+            getattr(self, name).__iadd__(sign * getattr(other, name))
         for output, counts in other.classes.items():
             known = self.classes.setdefault(output, {})
             for label, count in counts.items():
-                known[label] = known.get(label, 0) + count
+                left = known.get(label, 0) + sign * count
+                if left > 0:
+                    known[label] = left
+                else:
+                    known.pop(label, None)
+
+    def copy(self) -> "Counts":
+        copied = Counts(self.names, self.bins)
+        copied.merge(self)
+        return copied
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -221,26 +229,30 @@ _ARRAYS = (*_VECTORS, "bin_counts", "bin_sums")
 
 
 class Window:
-    """Counts over the last `seconds`, in `SLOTS` slots; `total()` sums the slots in the window."""
+    """Counts over the last `seconds`, in `SLOTS` slots. The slots that no longer change are
+    kept summed, so `total()` adds one slot to that sum, not all of them."""
 
     def __init__(self, names: list[str], bins: int, seconds: float) -> None:
         self.names = names
         self.bins = bins
         self.slot_seconds = seconds / SLOTS
         self._slots: deque[tuple[int, Counts]] = deque()
+        self._closed = Counts(names, bins)  # every slot but the newest
 
     def current(self, now: float) -> Counts:
         """The counts of the slot `now` falls in (made when needed); old slots are dropped."""
         slot = int(now // self.slot_seconds)
-        while self._slots and self._slots[0][0] <= slot - SLOTS:
-            self._slots.popleft()
-        if not self._slots or self._slots[-1][0] != slot:
-            self._slots.append((slot, Counts(self.names, self.bins)))
-        return self._slots[-1][1]
+        slots = self._slots
+        if slots and slots[-1][0] != slot:
+            self._closed.merge(slots[-1][1])  # the newest slot is done changing
+        while slots and slots[0][0] <= slot - SLOTS:
+            self._closed.merge(slots.popleft()[1], sign=-1.0)
+        if not slots or slots[-1][0] != slot:
+            slots.append((slot, Counts(self.names, self.bins)))
+        return slots[-1][1]
 
     def total(self, now: float) -> Counts:
-        self.current(now)  # drops what slid out
-        total = Counts(self.names, self.bins)
-        for _, counts in self._slots:
-            total.merge(counts)
+        current = self.current(now)
+        total = self._closed.copy()
+        total.merge(current)
         return total
