@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_PENDING = 100_000  # answers waiting for the next fold; beyond it they are dropped, counted
+FOLD_INTERVAL_S = 0.05  # how often answers handed over are folded
 PROFILED_PER_S = 1000  # answers per variant a second counted into live profiles at most
 PROFILE_CHUNK = 250  # answers profiled between two returns to the event loop
 KEEP_CHUNK = 500  # answers kept for feedback between two returns to the event loop
@@ -204,12 +205,19 @@ class Monitor:
         self._variants.clear()
 
     async def _run(self) -> None:
+        """Fold every FOLD_INTERVAL_S (small bursts of work: a request never waits behind a
+        second's worth of answers), share and compare every `monitor_interval_s`."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self.settings.monitor_interval_s
         while True:
-            await asyncio.sleep(self.settings.monitor_interval_s)
+            await asyncio.sleep(FOLD_INTERVAL_S)
             try:
-                await self.tick()
-            except Exception:  # monitoring must never stop: the next tick tries again
-                log.exception("monitoring tick failed")
+                await self._fold_pending(time.time())
+                if loop.time() >= due:
+                    due = loop.time() + self.settings.monitor_interval_s
+                    await self.tick()
+            except Exception:  # monitoring must never stop: the next round tries again
+                log.exception("monitoring failed")
 
     async def tick(self) -> None:
         """Fold what was observed, keep predictions, share and merge windows, compute."""
@@ -254,7 +262,7 @@ class Monitor:
                 if state is not None and state.prediction is not None:
                     await self._keep(model, variant, state.prediction, items)
             await asyncio.sleep(0)
-        budget = max(1, int(PROFILED_PER_S * self.settings.monitor_interval_s))
+        budget = max(1, int(PROFILED_PER_S * FOLD_INTERVAL_S))
         for (model, variant, role), items in groups.items():
             state = self._variant(model, variant)
             if state is None:
