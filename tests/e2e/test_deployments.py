@@ -38,6 +38,22 @@ def admin(gateway: GatewayProcess, method: str, path: str, body: object = None) 
     return httpx.request(method, f"{gateway.url}{path}", json=body, headers=ADMIN, timeout=10)
 
 
+def serving_everywhere(client: httpx.Client, revision: int, answers: int = 20) -> None:
+    """Wait until `answers` requests in a row, on fresh connections (any worker), were served
+    at `revision` or later: the README allows every worker up to 1 s to switch."""
+
+    def switched() -> bool:
+        return all(
+            int(
+                client.post("/v2/models/iris/infer", json=iris_body()).headers["x-gateway-revision"]
+            )
+            >= revision
+            for _ in range(answers)
+        )
+
+    wait_until(switched, timeout=5)
+
+
 def within_five_sigma(count: int, n: int, p: float) -> bool:
     return abs(count - n * p) <= 5 * math.sqrt(n * p * (1 - p))
 
@@ -89,14 +105,13 @@ class Load:
 def test_canary_split_sticky_users_and_ramp(cluster: GatewayProcess) -> None:
     """Across 2 workers: the canary share is within 5 sigma of its weight; sticky users keep
     their variant on every worker, and ramping 0.05 -> 0.25 -> 1.0 never moves one back."""
-    assert (
-        admin(
-            cluster, "PUT", "/admin/models/iris/canary", {"variant": "green", "weight": 0.2}
-        ).status_code
-        == 200
+    started = admin(
+        cluster, "PUT", "/admin/models/iris/canary", {"variant": "green", "weight": 0.2}
     )
+    assert started.status_code == 200
     n = 600
     with fresh_client(cluster.url) as client:
+        serving_everywhere(client, started.json()["revision"])
         roles = [
             client.post("/v2/models/iris/infer", json=iris_body()).headers["x-gateway-role"]
             for _ in range(n)
@@ -105,15 +120,11 @@ def test_canary_split_sticky_users_and_ramp(cluster: GatewayProcess) -> None:
         users = [f"user-{i}" for i in range(100)]
         previous: set[str] = set()
         for weight in (0.05, 0.25, 1.0):
-            assert (
-                admin(
-                    cluster,
-                    "PUT",
-                    "/admin/models/iris/canary",
-                    {"variant": "green", "weight": weight},
-                ).status_code
-                == 200
+            ramped = admin(
+                cluster, "PUT", "/admin/models/iris/canary", {"variant": "green", "weight": weight}
             )
+            assert ramped.status_code == 200
+            serving_everywhere(client, ramped.json()["revision"])
             on_canary = set()
             for user in users:
                 seen = {
