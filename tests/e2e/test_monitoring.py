@@ -198,45 +198,47 @@ def test_feedback_scores_a_worse_canary_below_live_summed_over_two_workers(
         }
 
 
-@pytest.mark.parametrize(
-    ("body", "field"),
-    [
-        ({"truth": 1}, "request_id"),
-        ({"request_id": "r1", "truth": "1"}, "truth"),
-        ({"request_id": "r1", "truth": True}, "truth"),
-        ({"request_id": "r1", "truth": None}, "truth"),
-        ({"request_id": "r1", "truth": ["a"]}, "truth"),
-        ({"request_id": 7, "truth": 1}, "request_id"),
-        ({"request_id": "", "truth": 1}, "request_id"),
-        ({"request_id": "r1", "truth": 1, "label": 2}, "label"),
-        ([], "body"),
-    ],
-)
+BAD_FEEDBACK = [
+    ({"truth": 1}, "request_id"),
+    ({"request_id": "r1", "truth": "1"}, "truth"),
+    ({"request_id": "r1", "truth": True}, "truth"),
+    ({"request_id": "r1", "truth": None}, "truth"),
+    ({"request_id": "r1", "truth": ["a"]}, "truth"),
+    ({"request_id": 7, "truth": 1}, "request_id"),
+    ({"request_id": "", "truth": 1}, "request_id"),
+    ({"request_id": "r1", "truth": 1, "label": 2}, "label"),
+    ([], "body"),
+]
+
+
 def test_feedback_of_the_wrong_shape_is_a_400_naming_the_field_and_scores_nothing(
     tmp_path: Path,
     monitored_repo: Path,
     start_gateway: Callable[..., GatewayProcess],
-    body: Any,
-    field: str,
 ) -> None:
     gateway = start_gateway(_config(tmp_path, monitored_repo))
-    with httpx.Client() as client:
-        (request_id,) = _send_rows(client, gateway.url, FEATURES[:1])
-        answer = client.post(f"{gateway.url}/v2/models/iris/feedback", json=body)
-        assert answer.status_code == 400
-        assert field in answer.json()["error"]
-        # The kept answer is still there: good feedback for it joins afterwards.
-        good = client.post(
-            f"{gateway.url}/v2/models/iris/feedback", json={"request_id": request_id, "truth": 0}
-        )
-    assert good.json()["joined"] == 1
+    url = f"{gateway.url}/v2/models/iris/feedback"
 
-    def online() -> dict[str, Any]:  # the report is as of the monitor's last tick
+    def online() -> dict[str, Any]:  # the report is computed on the call
         report = httpx.get(f"{gateway.url}/admin/models/iris/monitor", headers=ADMIN).json()
         return report["variants"]["blue"]["online"]
 
-    wait_until(lambda: online()["joined"] == 1)
-    assert online() == {"task": "classification", "joined": 1, "rows": 1, "accuracy": 1.0}
+    with httpx.Client() as client:
+        for joined, (body, field) in enumerate(BAD_FEEDBACK, start=1):
+            (request_id,) = _send_rows(client, gateway.url, FEATURES[:1])
+            if isinstance(body, dict) and body.get("request_id") == "r1":
+                body = {**body, "request_id": request_id}  # a real id: only the shape is wrong
+            answer = client.post(url, json=body)
+            assert answer.status_code == 400, (body, answer.text)
+            assert field in answer.json()["error"], (body, answer.text)
+            assert online()["joined"] == joined - 1, body  # nothing was scored
+            # The kept answer is still there: good feedback for it joins afterwards.
+            good = client.post(url, json={"request_id": request_id, "truth": 0})
+            assert good.json()["joined"] == 1, body
+    assert online() == {
+        "task": "classification", "joined": len(BAD_FEEDBACK), "rows": len(BAD_FEEDBACK),
+        "accuracy": 1.0,
+    }  # fmt: skip
 
 
 def test_unknown_expired_and_repeated_ids_are_unmatched_and_an_unknown_model_is_404(
