@@ -36,9 +36,7 @@ from pathlib import Path
 import httpx
 import matplotlib
 import numpy as np
-import onnx
 import yaml
-from onnx import TensorProto, helper, numpy_helper
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_iris
 
@@ -49,6 +47,9 @@ from matplotlib.axes import Axes
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the test suite's model helpers (the test extras)
+from support import make_constant_classifier  # noqa: E402
+
 DEFAULT_OUT = ROOT / "docs" / "monitoring.png"
 READY_TIMEOUT_S = 60.0
 PHASE_S = 40.0
@@ -70,33 +71,6 @@ Series = dict[tuple[str, ...], list[tuple[float, float]]]
 
 
 # -- the gateway ---------------------------------------------------------------------------------
-
-
-def make_constant_classifier(path: Path, label: int) -> None:
-    """An iris-shaped classifier that always answers `label`."""
-    one_hot = np.zeros(3, dtype=np.float32)
-    one_hot[label] = 1.0
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["input", "zeros"], ["product"]),
-            helper.make_node("Add", ["product", "one_hot"], ["probabilities"]),
-            helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0),
-        ],
-        "constant",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 4])],
-        [
-            helper.make_tensor_value_info("label", TensorProto.INT64, ["n"]),
-            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", 3]),
-        ],
-        [
-            numpy_helper.from_array(np.zeros((4, 3), dtype=np.float32), name="zeros"),
-            numpy_helper.from_array(one_hot, name="one_hot"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
 
 
 def write_config(folder: Path, reference: np.ndarray) -> Path:
