@@ -50,10 +50,6 @@ class Layout:
             classes[:max_features],
         )
 
-    @property
-    def tensors(self) -> set[str]:
-        return {column.tensor for column in (*self.inputs, *self.outputs)} | set(self.classes)
-
 
 def _is_class(spec: TensorSpec) -> bool:
     return spec.dtype.kind in "iu" and (

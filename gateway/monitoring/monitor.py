@@ -1,14 +1,15 @@
 """Model monitoring: live profiles, drift against a reference, and online metrics from feedback.
 
 README "Monitoring". The request path only hands over what it already holds (`observe`: one
-list append); every `monitor_interval_s` a task on the event loop folds what was handed over
-into the live profiles (numpy, vectorized over all the requests of the interval), keeps each
-answer's prediction for feedback, shares this worker's window with the others (Redis), and
-computes the statistics every worker exports, so a scrape of any worker shows the same values.
+list append). On the event loop, every FOLD_INTERVAL_S a task keeps each answer's prediction for
+feedback and folds answers into the live profiles (numpy, vectorized over the interval's
+answers, in chunks with returns to the loop between them); every `monitor_interval_s` it shares
+this worker's window with the others (Redis) and computes the statistics every worker exports,
+so a scrape of any worker shows the same values.
 
     observe(model, variant, role, request id, inputs, outputs)   request path, O(1)
-        -> tick: fold -> predictions kept (feedback store)
-                      -> window of this worker -> shared (Redis hash) -> merged -> statistics
+        -> every 50 ms: predictions kept (feedback store), answers folded into this worker's window
+        -> every monitor_interval_s: window shared (Redis hash) -> merged -> statistics
 """
 
 import asyncio
