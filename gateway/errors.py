@@ -22,6 +22,12 @@ class BadRequest(GatewayError):
     status_code = 400
 
 
+class ModelRefused(BadRequest):
+    """The inputs matched the model's declared metadata, but its nodes refused them at run time
+    (a data-dependent shape or index). A 400 as in Triton; a rollout counts it as the variant's
+    error, since the variant it replaces may accept the same inputs."""
+
+
 class Unauthorized(GatewayError):
     """The admin API was called without the right bearer token."""
 

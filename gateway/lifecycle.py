@@ -31,6 +31,9 @@ from gateway.control import (
 from gateway.errors import ConfigError, Conflict, Unavailable
 from gateway.metrics import METRICS_DIR_ENV, Metrics
 from gateway.monitoring.monitor import Monitor
+from gateway.rollout.controller import RolloutController
+from gateway.rollout.plan import RolloutPlan
+from gateway.rollout.store import EmbeddedRollouts, RedisRollouts, RolloutStore
 from gateway.routing import RoutingState, RoutingTable
 from gateway.runtime import ModelRepository, Runner, load_repository
 from gateway.service import InferenceService
@@ -52,6 +55,7 @@ class Gateway:
     runner: Runner
     service: InferenceService
     monitor: Monitor
+    rollouts: RolloutController
 
     def __init__(
         self,
@@ -103,6 +107,11 @@ class Gateway:
         )
         await self.monitor.start()
         self.service.observe = self.shadow_log.observe = self.monitor.observe
+        self.rollouts = RolloutController(
+            self._rollout_store(), self.control, self.metrics, self.monitor, self._plans,
+            lambda model: self.settings.models[model].monitoring.psi_threshold,
+        )  # fmt: skip
+        self.rollouts.start()
         self.control.watch(self._reload_from_peer)
         if settings.access_log:
             self.access_log = AccessLog()
@@ -122,6 +131,7 @@ class Gateway:
                 await self._settling
         if self.access_log is not None:
             self.access_log.stop()
+        await self.rollouts.stop()
         await self.control.stop()
         await self.monitor.stop()
         await self.shadow_log.close()
@@ -273,6 +283,14 @@ class Gateway:
             self.settings.redis_url, socket_timeout=2.0, socket_connect_timeout=1.0
         )
         return RedisStore(self._redis)
+
+    def _plans(self) -> dict[str, RolloutPlan]:
+        return {name: m.rollout for name, m in self.settings.models.items() if m.rollout}
+
+    def _rollout_store(self) -> RolloutStore:
+        if self._redis is None:
+            return EmbeddedRollouts(self.settings.data_dir / "rollouts")
+        return RedisRollouts(self._redis)
 
     def _sink(self) -> ShadowSink:
         if self.settings.redis_url is None:

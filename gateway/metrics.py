@@ -47,11 +47,17 @@ BUCKETS = (
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 _LE = [*map(floatToGoString, BUCKETS), "+Inf"]
+# Finer buckets that /metrics does not show, for comparing two variants' latency (a rollout's
+# analysis): ten a decade from 10 µs to 100 s, so a quantile is known within about 12%.
+FINE_BUCKETS: tuple[float, ...] = tuple(10.0 ** (n / 10) for n in range(-50, 21))
+FINE = len(FINE_BUCKETS) + 1  # counts per fine histogram (+Inf last)
 # A histogram's slot: one count per bucket (+Inf last), then the sum of the observations. The
 # model-run histogram's slot goes on with what Triton's statistics read and /metrics does not:
-# the batch rows run, and when the last run ended (seconds since the epoch).
+# the batch rows run, the fine buckets, and when the last run ended (seconds since the epoch).
 _SUM = len(BUCKETS) + 1
-_ROWS, _LAST = _SUM + 1, _SUM + 2
+_ROWS = _SUM + 1
+_FINE = _ROWS + 1
+_LAST = _FINE + FINE
 
 Totals = dict[Labels, list[float]]
 
@@ -162,7 +168,7 @@ class Metrics:
         )  # fmt: skip
         self.inference_duration = Family(
             values, "gateway_inference_duration_seconds", "The model run alone.",
-            ["model", "variant"], histogram=True, extra=2, latest=1,  # _ROWS, _LAST
+            ["model", "variant"], histogram=True, extra=2 + FINE, latest=1,  # _ROWS.._LAST
         )  # fmt: skip
         self.shadow_records = Family(
             values, "gateway_shadow_records",
@@ -183,11 +189,26 @@ class Metrics:
             "Answers not monitored: more were waiting than the monitor holds.",
             ["model"], histogram=False,
         )  # fmt: skip
+        self.rollout_decisions = Family(
+            values, "gateway_rollout_decisions",
+            "Rollout decisions: advance, wait, pause, rollback, promote, and the operator's.",
+            ["model", "decision"], histogram=False,
+        )  # fmt: skip
         self.families = [
             self.requests, self.request_duration, self.inference_duration,
             self.shadow_records, self.shadow_comparisons, self.feedback_counts,
-            self.monitor_drops,
+            self.monitor_drops, self.rollout_decisions,
         ]  # fmt: skip
+        # Shared like the others, not exported: what a rollout's analysis reads besides them.
+        self.model_failures = Family(
+            values, "model_failures", "Model runs that failed on inputs the model declares.",
+            ["model", "variant", "role"], histogram=False,
+        )  # fmt: skip
+        self.shadow_latency = Family(
+            values, "shadow_latency", "Fine histograms of shadow runs and their live runs.",
+            ["model", "variant", "side"], histogram=False, extra=FINE - 1,
+        )  # fmt: skip
+        self._shared = [*self.families, self.model_failures, self.shadow_latency]
         self.gauges = values.gauges  # this worker's: [INFLIGHT] requests, [STALE] routing
         # observe_request's slots by its own arguments: one lookup, no label strings to build.
         self._request_slots: dict[tuple[str, str, str, int], tuple[Slot, Slot]] = {}
@@ -237,6 +258,7 @@ class Metrics:
         series[bisect_left(BUCKETS, seconds)] += 1
         series[_SUM] += seconds
         series[_ROWS] += rows
+        series[_FINE + bisect_left(FINE_BUCKETS, seconds)] += 1
         series[_LAST] = time()
 
     def shadow_record(self, model: str, variant: str, outcome: str) -> None:
@@ -244,6 +266,18 @@ class Metrics:
 
     def shadow_comparison(self, model: str, variant: str, agree: bool) -> None:
         self.shadow_comparisons.inc((model, variant, "true" if agree else "false"))
+
+    def shadow_run(self, model: str, variant: str, seconds: float, live_seconds: float) -> None:
+        """A shadow run's duration and its live run's, for comparing their latency."""
+        for side, value in (("shadow", seconds), ("live", live_seconds)):
+            self.shadow_latency.slot((model, variant, side))[bisect_left(FINE_BUCKETS, value)] += 1
+
+    def model_failure(self, model: str, variant: str, role: str) -> None:
+        """A run the model refused (answered 400 like Triton; a rollout counts it an error)."""
+        self.model_failures.inc((model, variant, role))
+
+    def rollout_decision(self, model: str, decision: str) -> None:
+        self.rollout_decisions.inc((model, decision))
 
     def feedback(self, model: str, variant: str, outcome: str, count: int) -> None:
         """Count feedback items; unmatched ones have no variant ("")."""
@@ -306,8 +340,8 @@ class Metrics:
         return list(self._peers.values())
 
     def _totals(self, peers: list[PeerValues]) -> dict[str, Totals]:
-        totals = {family.name: family.mine() for family in self.families}
-        families = {family.name: family for family in self.families}
+        totals = {family.name: family.mine() for family in self._shared}
+        families = {family.name: family for family in self._shared}
         for peer in peers:
             try:
                 for name, labels, values in peer.series():
@@ -339,6 +373,11 @@ class Metrics:
                 share = canary.weight if canary and canary.variant == variant else 0.0
                 weight.add_metric([model, variant], share)
         yield from (weight, live, revision)
+
+
+def fine_runs(values: Sequence[float]) -> Sequence[float]:
+    """The fine bucket counts (FINE_BUCKETS, +Inf last) of a model-run histogram's slot."""
+    return values[_FINE:_LAST]
 
 
 def _running(peers: list[PeerValues]) -> list[PeerValues]:

@@ -6,7 +6,7 @@ called after the answer is known and never raise into the request.
 
 from collections.abc import Mapping
 
-from gateway.errors import BadRequest, NotFound, Unavailable
+from gateway.errors import BadRequest, ModelRefused, NotFound, Unavailable
 from gateway.metrics import Metrics
 from gateway.routing import Route, RoutingTable, choose_variant, sample_shadows
 from gateway.runtime import ModelRepository, ModelSession, Runner, batch_rows
@@ -79,7 +79,13 @@ class InferenceService:
         session.validate(request.inputs)
         names = _output_names(session, request)
         rows = batch_rows(request.inputs)
-        outputs, elapsed = await self.runner.run(session, request.inputs, names, self.timeout, rows)
+        try:
+            outputs, elapsed = await self.runner.run(
+                session, request.inputs, names, self.timeout, rows
+            )
+        except ModelRefused:
+            self.metrics.model_failure(session.model, route.variant, route.role)
+            raise
         self.metrics.observe_inference(session.model, route.variant, elapsed, rows)
         result = InferResult(
             session.model, route.variant, route.role, route.revision, outputs, session.output_specs

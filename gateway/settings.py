@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from gateway.errors import ConfigError
+from gateway.rollout.plan import RolloutPlan
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=128)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -109,10 +110,20 @@ class ModelConfig(_Frozen):
     routing: RoutingConfig
     log_inputs: bool = Field(default=True, description="False keeps inputs out of the shadow log.")
     monitoring: MonitoringConfig = MonitoringConfig()
+    rollout: RolloutPlan | None = Field(
+        default=None,
+        description="A plan started when its variant is not live and has not been rolled out "
+        'yet (README "Rollouts").',
+    )
 
     @model_validator(mode="after")
     def _routing_names_known_variants(self) -> Self:
         check_routing(self.routing, self.variants)
+        if self.rollout is not None and self.rollout.variant not in self.variants:
+            raise ValueError(
+                f"rollout.variant names unknown variant {self.rollout.variant!r} "
+                f"(known: {', '.join(sorted(self.variants))})"
+            )
         return self
 
 

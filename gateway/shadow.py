@@ -264,6 +264,8 @@ class ShadowLog:
                     )
             if record is None:
                 continue
+            shadow_seconds = float(record["shadow_ms"]) / 1000
+            self._metrics.shadow_run(job.model, job.variant, shadow_seconds, job.live_seconds)
             if len(self._buffer) >= self._queue_size:
                 self._metrics.shadow_record(job.model, job.variant, "dropped")
             else:

@@ -12,6 +12,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import replace
+from typing import Any
 
 from gateway.control.last_known import LastKnownRouting
 from gateway.control.store import HistoryEntry, OnReload, RoutingStore
@@ -196,17 +197,32 @@ class ControlPlane:
             raise Conflict(f"revision {target} names variants that are no longer loaded")
         return await self._change(model, f"rollback {target}", lambda state: restored)
 
-    async def _change(self, model: str, action: str, change: Change) -> RoutingState:
+    async def apply(
+        self, model: str, action: str, routing: RoutingState, analysis: dict[str, Any]
+    ) -> RoutingState:
+        """Route as `routing` says (its revision is ignored) in a new revision that carries a
+        rollout's `analysis`, even when the routing stays the same (README "Rollouts")."""
+        for variant in routing.variants():
+            self._check_variant(model, variant)
+        return await self._change(model, action, lambda state: routing, analysis)
+
+    async def _change(
+        self, model: str, action: str, change: Change, analysis: dict[str, Any] | None = None
+    ) -> RoutingState:
         local = self.table.get(model)  # NotFound for unknown models before touching the store
         entry = await self.store.current(model)
         # A store that lost its data (a Redis without persistence) continues from what we serve.
         base, expected = (entry.state, entry.revision) if entry else (local, 0)
         new = change(base).at(max(base.revision, local.revision) + 1)
-        head = HistoryEntry.new(action, new)
+        head = HistoryEntry.new(action, new, analysis)
         await self.store.append(model, head, expected)
         self.install(model, head)
         log.info("routing of %s is now revision %d: %s", model, new.revision, action)
         return new
+
+    def variants(self, model: str) -> Collection[str]:
+        """The loaded variants of `model`."""
+        return self._variants(model)
 
     def _check_variant(self, model: str, variant: str) -> None:
         self.table.get(model)  # NotFound for an unknown model first

@@ -13,16 +13,18 @@ ModelNames = Callable[[], Iterable[str]]
 
 @dataclass(frozen=True, slots=True)
 class HistoryEntry:
-    """One revision: what changed (`action`), when (unix seconds) and the resulting state."""
+    """One revision: what changed (`action`), when (unix seconds) and the resulting state; a
+    rollout's decision also carries its `analysis` (README "Rollouts")."""
 
     revision: int
     action: str
     time: float
     state: RoutingState
+    analysis: dict[str, Any] | None = None
 
     @classmethod
-    def new(cls, action: str, state: RoutingState) -> Self:
-        return cls(state.revision, action, round(time.time(), 3), state)
+    def new(cls, action: str, state: RoutingState, analysis: dict[str, Any] | None = None) -> Self:
+        return cls(state.revision, action, round(time.time(), 3), state, analysis)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
@@ -31,15 +33,19 @@ class HistoryEntry:
             str(data["action"]),
             float(data["time"]),
             RoutingState.from_dict(data["state"]),
+            data.get("analysis"),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "revision": self.revision,
             "action": self.action,
             "time": self.time,
             "state": self.state.to_dict(),
         }
+        if self.analysis is not None:
+            data["analysis"] = self.analysis
+        return data
 
 
 OnChange = Callable[[str, HistoryEntry], None]

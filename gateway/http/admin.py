@@ -63,12 +63,19 @@ def _gateway(request: Request) -> Gateway:
 
 
 async def parse_body(
-    request: Request, adapter: Any, optional: bool = False, limit: int = ADMIN_BODY_LIMIT
+    request: Request,
+    adapter: Any,
+    optional: bool = False,
+    limit: int = ADMIN_BODY_LIMIT,
+    empty: Any = b"{}",
 ) -> Any:
-    """The JSON body validated by `adapter` (strict types); BadRequest naming each field."""
+    """The JSON body validated by `adapter` (strict types); BadRequest naming each field.
+    `optional`: an empty body reads as `empty` (JSON)."""
     raw = await read_body(request.receive, dict(request.scope["headers"]), limit)
     if optional and not raw.strip():
-        raw = b"{}"
+        if empty is None:
+            return None
+        raw = empty
     try:
         return adapter.validate_python(parse_json(raw))
     except ValidationError as exc:

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from gateway.http import admin, endpoints, monitoring
+from gateway.http import admin, endpoints, monitoring, rollout
 from gateway.http.body import Receive
 from gateway.http.inference import InferenceEndpoint, Scope, Send
 from gateway.http.responses import EXCEPTION_HANDLERS
@@ -78,6 +78,7 @@ def create_app(
             *monitoring.DATA_ROUTES,
             *admin.ROUTES,
             *monitoring.ADMIN_ROUTES,
+            *rollout.ROUTES,
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

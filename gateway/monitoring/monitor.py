@@ -598,6 +598,10 @@ class Monitor:
         await self._fold_pending(now)
         return await self._refresh(model, now)
 
+    def latest(self, model: str) -> tuple[Scores, dict[str, Any] | None]:
+        """The feedback score sums (by variant) and the report of the last tick."""
+        return self._scores.get(model, {}), self._reports.get(model)
+
     async def _report(self, model: str, merged: dict[str, tuple[Counts, Counts]]) -> dict[str, Any]:
         config = self.settings.models[model].monitoring
         reference = self._references.get(model)

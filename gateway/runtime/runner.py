@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
 
-from gateway.errors import BadRequest, InferenceTimeout
+from gateway.errors import InferenceTimeout, ModelRefused
 from gateway.runtime.session import ModelSession
 
 Outputs = dict[str, np.ndarray]
@@ -93,7 +93,7 @@ def run_checked(
     except (InvalidArgument, Fail) as exc:
         # The inputs matched the model's declared metadata but not what its nodes accept
         # (data-dependent shapes): the request's fault, as in Triton, not the server's.
-        raise BadRequest(f"the model failed on these inputs: {_first_line(exc)}") from None
+        raise ModelRefused(f"the model failed on these inputs: {_first_line(exc)}") from None
 
 
 def batch_rows(inputs: Outputs) -> int:
