@@ -4,11 +4,14 @@ import argparse
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import yaml
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -63,6 +66,27 @@ def _monitor_request(args: argparse.Namespace) -> Request:
     return "GET", f"{path}/monitor", None
 
 
+def _rollout_request(args: argparse.Namespace) -> Request:
+    path = f"/admin/models/{args.model}/rollout"
+    if args.action == "status":
+        return "GET", path, None
+    if args.action == "start":
+        return "POST", path, None if args.plan is None else _read_plan(args.plan)
+    if args.action == "promote":
+        return "POST", f"{path}/promote", {"full": True} if args.full else None
+    return "POST", f"{path}/{args.action}", None
+
+
+def _read_plan(path: str) -> Any:
+    """A rollout plan from a YAML or JSON file (its shape: README "Rollouts")."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            return yaml.safe_load(file)
+    except (OSError, yaml.YAMLError) as exc:
+        raise SystemExit(f"gateway: cannot read the plan {path}: {exc}") from None
+
+
+ROLLOUT_ACTIONS = ("start", "status", "pause", "resume", "promote", "abort", "undo")
 MODEL = ("model", {"help": "model name"})
 ADMIN_COMMANDS = (
     AdminCommand(
@@ -118,6 +142,16 @@ ADMIN_COMMANDS = (
         _monitor_request,
     ),
     AdminCommand(
+        "rollout", "start, show or steer a model's rollout (Argo Rollouts' verbs)",
+        (("action", {"choices": ROLLOUT_ACTIONS}), MODEL,
+         ("--plan", {"help": "with start: a YAML or JSON plan (default: the config's)"}),
+         ("--full", {"action": "store_true", "help": "with promote: skip every step left"}),
+         ("--watch", {"action": "store_true",
+                      "help": "then follow the rollout until it is no longer progressing"}),
+         ("--json", {"action": "store_true", "help": "print the admin API's JSON"})),
+        _rollout_request,
+    ),
+    AdminCommand(
         "feedback", "send ground truth for earlier answers (REQUEST_ID=TRUTH, TRUTH a number "
         "or comma-separated numbers, one per row)",
         (MODEL, ("items", {"nargs": "+", "type": _feedback_item, "metavar": "REQUEST_ID=TRUTH"})),
@@ -140,7 +174,34 @@ def run_admin_command(args: argparse.Namespace) -> int:
         print(f"gateway: {status}: {message}", file=sys.stderr)
         return 1
     print(json.dumps(answer, indent=2) if getattr(args, "json", False) else render(answer))
+    if getattr(args, "watch", False):
+        return watch_rollout(args.url, args.model)
     return 0
+
+
+def watch_rollout(url: str, model: str, interval: float = 1.0) -> int:
+    """Redraw a rollout's status until it stops progressing: 0 when it is Healthy or Paused,
+    1 when it is Degraded (rolled back or aborted) or the gateway refuses, as Argo's
+    `rollouts status --watch` does."""
+    from rich.live import Live
+
+    from gateway.rollout.view import rollout_view
+
+    path = f"/admin/models/{model}/rollout"
+    with Live(auto_refresh=False) as live:
+        while True:
+            try:
+                status, answer = call(url, "GET", path)
+            except OSError as exc:
+                print(f"gateway: cannot reach {url}: {exc}", file=sys.stderr)
+                return 1
+            if status >= 400:
+                print(f"gateway: {status}: {answer}", file=sys.stderr)
+                return 1
+            live.update(rollout_view(answer), refresh=True)
+            if answer["phase"] != "Progressing":
+                return 1 if answer["phase"] == "Degraded" else 0
+            time.sleep(interval)
 
 
 def call(url: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -164,6 +225,10 @@ def call(url: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
 
 def render(answer: Any) -> str:
     """Routing states as a table; history as one line per revision; anything else as JSON."""
+    if isinstance(answer, dict) and "decisions" in answer and "plan" in answer:
+        from gateway.rollout.view import render_rollout
+
+        return render_rollout(answer)
     if isinstance(answer, dict) and "psi_threshold" in answer:
         from gateway.monitoring.view import render_report  # rich: only when a report is drawn
 

@@ -261,3 +261,51 @@ def make_constant_classifier(path: Path, label: int) -> None:
         ],
     )
     _save(graph, path)
+
+
+def make_iris_copy(
+    path: Path, matmuls: int = 0, fail_above: float | None = None, rows: int = 32, width: int = 256
+) -> None:
+    """The bundled iris `blue` classifier, same answers, plus optional weight: `matmuls`
+    products of a [rows, width] matrix whose result is added as zeros (each costs the same, so
+    3 of them take about three times as long as 1), and a failure: any batch with a first
+    feature (sepal length) above `fail_above` makes a Gather index out of range, which
+    onnxruntime refuses at run time."""
+    model = onnx.load(str(MODELS / "iris" / "1" / "model.onnx"))
+    graph = model.graph
+    for node in graph.node:
+        node.output[:] = ["raw" if name == "probabilities" else name for name in node.output]
+    extra = [helper.make_node("ReduceMax", ["input"], ["top"], keepdims=0)]  # a scalar
+    constants = {
+        "grid": np.array([rows, width], dtype=np.int64),
+        "zero": np.float32(0.0),
+        **({"eye": np.eye(width, dtype=np.float32)} if matmuls else {}),
+    }
+    extra.append(helper.make_node("Mul", ["top", "zero"], ["nothing"]))
+    extra.append(helper.make_node("Expand", ["nothing", "grid"], ["h0"]))
+    for i in range(matmuls):
+        extra.append(helper.make_node("MatMul", [f"h{i}", "eye"], [f"h{i + 1}"]))
+    extra.append(helper.make_node("ReduceSum", [f"h{matmuls}"], ["weight"], keepdims=0))
+    total = "weight"
+    if fail_above is not None:
+        constants |= {
+            "table": np.zeros(2, dtype=np.float32), "first": np.array([0], dtype=np.int64),
+            "one": np.array([1], dtype=np.int64), "limit": np.float32(fail_above),
+            "hundred": np.int64(100),
+        }  # fmt: skip
+        extra += [
+            helper.make_node("Slice", ["input", "first", "one", "one"], ["sepal"]),
+            helper.make_node("ReduceMax", ["sepal"], ["longest"], keepdims=0),
+            helper.make_node("Greater", ["longest", "limit"], ["over"]),
+            helper.make_node("Cast", ["over"], ["flag"], to=TensorProto.INT64),
+            helper.make_node("Mul", ["flag", "hundred"], ["index"]),
+            helper.make_node("Gather", ["table", "index"], ["gate"]),
+            helper.make_node("Add", ["weight", "gate"], ["gated"]),
+        ]
+        total = "gated"
+    extra.append(helper.make_node("Add", ["raw", total], ["probabilities"]))
+    graph.node.extend(extra)
+    graph.initializer.extend(numpy_helper.from_array(v, name=k) for k, v in constants.items())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))

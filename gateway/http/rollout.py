@@ -40,7 +40,8 @@ async def start(request: Request) -> Response:
 
 async def status(request: Request) -> Response:
     gateway, model = authorized(request)
-    return _answer(await gateway.rollouts.status(model))
+    record = await gateway.rollouts.status(model)
+    return json_response({**record.summary(), "progress": await gateway.rollouts.progress(record)})
 
 
 async def verb(request: Request) -> Response:

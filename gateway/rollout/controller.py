@@ -22,7 +22,7 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from gateway.control import ControlPlane
-from gateway.errors import Conflict, GatewayError, NotFound, Unavailable
+from gateway.errors import Conflict, NotFound, Unavailable
 from gateway.metrics import Metrics
 from gateway.monitoring.monitor import Monitor
 from gateway.rollout.analysis import Check, Evidence, analyze, requests_seen, verdict
@@ -226,6 +226,20 @@ class RolloutController:
         if record is None:
             raise NotFound(f"model {model!r} has had no rollout")
         return record
+
+    async def progress(self, record: Rollout) -> dict[str, Any] | None:
+        """How far the current step is: seconds and requests against its minimums."""
+        step = record.current_step
+        if not record.active or step is None:
+            return None
+        seen = 0.0 if step.pause else requests_seen(await self._evidence(record, step))
+        return {
+            "elapsed_s": round(time.time() - record.step_started, 3),
+            "duration_s": step.duration,
+            "requests": int(seen),
+            "min_requests": step.min_requests,
+            "next_analysis_s": round(max(record.next_analysis - time.time(), 0.0), 3),
+        }
 
     async def _active(self, model: str) -> Rollout:
         record = await self.status(model)
@@ -435,15 +449,11 @@ class RolloutController:
             analysis = {
                 **marker,
                 "step": decision.step,
-                "decision": decision.number,
-                "verdict": decision.decision,
+                "outcome": decision.decision,
+                "reason": decision.reason,
                 "checks": decision.checks,
             }
-            try:
-                state = await self.control.apply(record.model, action, record.desired(), analysis)
-            except GatewayError as exc:  # a variant gone after a reload, say: end it here
-                log.error("rollout of %s cannot route: %s", record.model, exc)
-                raise
+            state = await self.control.apply(record.model, action, record.desired(), analysis)
             revision = state.revision
         with contextlib.suppress(Conflict):  # the next tick writes it again
             record = await self._save(

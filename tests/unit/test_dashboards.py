@@ -76,6 +76,7 @@ def exported() -> dict[str, frozenset[str]]:
     metrics.set_routing("m", RoutingState(live="blue", canary=Canary("green", 0.1)), ["blue"])
     metrics.feedback("m", "blue", "joined", 1)
     metrics.monitor_dropped("m")
+    metrics.rollout_decision("m", "advance")
     registry.register(MonitoringGauges())
     series: dict[str, set[str]] = {}
     for family in registry.collect():
