@@ -13,6 +13,8 @@ touching the routing: the operator's change wins.
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -56,7 +58,8 @@ class RolloutController:
         self.monitor = monitor
         self._plans = plans
         self._psi_threshold = psi_threshold
-        self.process = uuid.uuid4().hex[:16]
+        # Who judges is visible to operators (the lease's value): host, pid and a nonce.
+        self.process = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.judging = False
         self.records: dict[str, Rollout] = {}  # each model's, as of the last tick
         self._webhooks = Webhooks()
@@ -234,6 +237,7 @@ class RolloutController:
             return None
         seen = 0.0 if step.pause else requests_seen(await self._evidence(record, step))
         return {
+            "judge": await self.store.holder(),
             "elapsed_s": round(time.time() - record.step_started, 3),
             "duration_s": step.duration,
             "requests": int(seen),

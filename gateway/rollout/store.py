@@ -65,6 +65,9 @@ class RolloutStore(Protocol):
 
     async def release(self, holder: str) -> None: ...
 
+    async def holder(self) -> str | None:
+        """Who holds the lease now (host:pid:nonce), if anyone."""
+
 
 class EmbeddedRollouts:
     """One process: records on local disk, figures and lease in memory."""
@@ -73,6 +76,7 @@ class EmbeddedRollouts:
         self._directory = directory
         self._figures: dict[str, dict[str, Figures]] = {}
         self._lock = asyncio.Lock()
+        self._holder: str | None = None
 
     async def get(self, model: str) -> Rollout | None:
         return await asyncio.to_thread(self._read, model)
@@ -93,10 +97,14 @@ class EmbeddedRollouts:
         return dict(self._figures.get(model, {}))
 
     async def acquire(self, holder: str) -> bool:
+        self._holder = holder
         return True
 
     async def release(self, holder: str) -> None:
-        """Nobody else could take it."""
+        self._holder = None
+
+    async def holder(self) -> str | None:
+        return self._holder
 
     def _file(self, model: str) -> Path:
         return self._directory / f"{model}.json"
@@ -158,6 +166,10 @@ class RedisRollouts:
 
     async def release(self, holder: str) -> None:
         await self._call(self._release(keys=[LEASE_KEY], args=[holder]))
+
+    async def holder(self) -> str | None:
+        raw = await self._call(self._client.get(LEASE_KEY))
+        return None if raw is None else str(raw.decode())
 
     async def _call(self, awaitable: Any) -> Any:
         try:
