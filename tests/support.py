@@ -1,5 +1,6 @@
 """Test helpers: polling, request bodies, test-only ONNX models, redis-server and gateway processes."""
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -8,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,18 @@ def wait_until(check: Callable[[], Any], timeout: float = 20.0, interval: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(interval)
+
+
+async def wait_until_async(
+    check: Callable[[], Awaitable[Any]], timeout: float = 20.0, interval: float = 0.02
+) -> Any:
+    """`wait_until` for a coroutine check, polled on the running event loop."""
+    deadline = time.monotonic() + timeout
+    while not (result := await check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
+    return result
 
 
 def iris_body(rows: list[list[float]] | None = None) -> dict[str, Any]:

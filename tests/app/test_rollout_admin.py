@@ -1,0 +1,187 @@
+"""The rollout admin API in-process (embedded store): the verbs, their refusals, the history."""
+
+from typing import Any
+
+import httpx
+import pytest
+from app.conftest import AppClient
+from support import ADMIN, iris_body, wait_until_async
+
+PLAN: dict[str, Any] = {
+    "variant": "green",
+    "steps": [{"shadow": 1.0, "duration": "1h"}, {"canary": 0.2, "duration": "1h"},
+              {"pause": True}, {"canary": 0.5, "duration": "1h"}],
+}  # fmt: skip
+ROLLOUT = "/admin/models/iris/rollout"
+
+
+async def routing(client: httpx.AsyncClient) -> dict[str, Any]:
+    answer: dict[str, Any] = (await client.get("/admin/models/iris", headers=ADMIN)).json()
+    return answer
+
+
+async def act(client: httpx.AsyncClient, verb: str, body: Any = None) -> httpx.Response:
+    return await client.post(f"{ROLLOUT}/{verb}", json=body, headers=ADMIN)
+
+
+async def started(client: httpx.AsyncClient, plan: dict[str, Any] = PLAN) -> dict[str, Any]:
+    response = await client.post(ROLLOUT, json=plan, headers=ADMIN)
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+async def test_a_started_rollout_mirrors_then_the_operator_walks_it_to_promotion(
+    client: httpx.AsyncClient,
+) -> None:
+    """start shadows the variant; promote skips a step; a pause step waits for resume;
+    promote --full makes it live; every decision is a revision that names the rollout."""
+    record = await started(client)
+    assert record["phase"] == "Progressing" and record["step"] == 0
+    assert (await routing(client))["shadows"] == [{"variant": "green", "sample": 1.0}]
+    skipped = (await act(client, "promote")).json()
+    assert skipped["step"] == 1 and (await routing(client))["canary"] == {
+        "variant": "green", "weight": 0.2,
+    }  # fmt: skip
+    assert (await routing(client))["shadows"] == []
+    paused = (await act(client, "promote")).json()
+    assert paused["phase"] == "Paused" and paused["step"] == 2
+    assert (await routing(client))["canary"]["weight"] == 0.2  # a pause keeps the traffic
+    resumed = (await act(client, "resume")).json()
+    assert resumed["phase"] == "Progressing" and resumed["step"] == 3
+    done = (await act(client, "promote", {"full": True})).json()
+    assert done["phase"] == "Healthy" and done["message"] == "green is live"
+    state = await routing(client)
+    assert state["live"] == "green" and state["canary"] is None
+    history = (await client.get("/admin/models/iris/history", headers=ADMIN)).json()
+    marked = [entry for entry in history if entry.get("analysis")]
+    assert [e["analysis"]["outcome"] for e in marked] == [
+        "start", "skip", "skip", "resume", "promote",
+    ]  # fmt: skip
+    assert {e["analysis"]["rollout"] for e in marked} == {record["id"]}
+    assert [d["decision"] for d in done["decisions"]] == [
+        "start", "skip", "skip", "resume", "promote",
+    ]  # fmt: skip
+
+
+async def test_abort_and_undo_restore_the_routing_from_before_the_rollout(
+    client: httpx.AsyncClient,
+) -> None:
+    """abort sends everything back to live; after a promotion, undo restores the old live."""
+    before = await routing(client)
+    await started(client)
+    aborted = (await act(client, "abort")).json()
+    assert aborted["phase"] == "Degraded" and "aborted" in aborted["message"]
+    after = await routing(client)
+    assert {k: after[k] for k in ("live", "canary", "shadows")} == {
+        k: before[k] for k in ("live", "canary", "shadows")
+    }
+    await started(client)
+    await act(client, "promote", {"full": True})
+    assert (await routing(client))["live"] == "green"
+    undone = (await act(client, "undo")).json()
+    assert undone["phase"] == "Degraded" and (await routing(client))["live"] == "blue"
+
+
+async def test_a_manual_routing_change_ends_the_rollout_and_wins(
+    client: httpx.AsyncClient,
+) -> None:
+    """A flip during a rollout is the operator's: the rollout stops and leaves routing alone."""
+    await started(client)
+    flipped = await client.post("/admin/models/iris/flip", json={"to": "mlp"}, headers=ADMIN)
+    assert flipped.status_code == 200
+
+    async def ended() -> dict[str, Any] | None:
+        record: dict[str, Any] = (await client.get(ROLLOUT, headers=ADMIN)).json()
+        return record if record["phase"] == "Degraded" else None
+
+    record = await wait_until_async(ended)
+    assert "routing changed outside the rollout" in record["decisions"][-1]["reason"]
+    state = await routing(client)
+    assert state["live"] == "mlp" and state["revision"] == flipped.json()["revision"]
+
+
+@pytest.mark.parametrize(
+    ("plan", "status", "names"),
+    [
+        ({**PLAN, "variant": "nope"}, 404, "nope"),
+        ({**PLAN, "variant": "blue"}, 409, "live already"),
+        ({**PLAN, "steps": [{"canary": True}]}, 400, "steps.0.canary"),
+        ({**PLAN, "steps": [{"canary": 0.1, "shadow": 0.5}]}, 400, "exactly one"),
+        ({**PLAN, "steps": []}, 400, "steps"),
+        ({**PLAN, "surprise": 1}, 400, "surprise"),
+        ({**PLAN, "analysis": {"interval": "soon"}}, 400, "analysis.interval"),
+        ({**PLAN, "webhooks": [{"type": "rollback", "url": "ftp://x"}]}, 400, "webhooks.0.url"),
+    ],
+)
+async def test_a_bad_plan_is_refused_by_name_and_changes_nothing(
+    client: httpx.AsyncClient, plan: dict[str, Any], status: int, names: str
+) -> None:
+    """Unknown or live variant, bool weight, two actions, no steps, unknown keys, bad
+    durations and URLs: each is a 4xx naming the problem; routing and rollouts stay as they were."""
+    before = await routing(client)
+    response = await client.post(ROLLOUT, json=plan, headers=ADMIN)
+    assert response.status_code == status and names in response.json()["error"]
+    assert await routing(client) == before
+    assert (await client.get(ROLLOUT, headers=ADMIN)).status_code == 404
+
+
+async def test_verbs_that_do_not_fit_the_rollouts_state_are_409_or_404(
+    client: httpx.AsyncClient,
+) -> None:
+    """No rollout yet: 404; no plan in the config: 404; a second start, pause twice, resume
+    when not paused and any verb after the end: 409; an unknown verb 400, unknown model 404."""
+    assert (await act(client, "pause")).status_code == 404
+    assert (await client.post(ROLLOUT, headers=ADMIN)).status_code == 404  # no config plan
+    await started(client)
+    assert (await client.post(ROLLOUT, json=PLAN, headers=ADMIN)).status_code == 409
+    assert (await act(client, "resume")).status_code == 409
+    assert (await act(client, "pause")).status_code == 200
+    assert (await act(client, "pause")).status_code == 409
+    assert (await act(client, "fast-forward")).status_code == 400
+    assert (await act(client, "promote", {"full": 1})).status_code == 400
+    assert (await act(client, "abort")).status_code == 200
+    for verb in ("pause", "resume", "promote", "abort"):
+        assert (await act(client, verb)).status_code == 409, verb
+    assert (await client.get("/admin/models/nope/rollout", headers=ADMIN)).status_code == 404
+    assert (
+        await client.post("/admin/models/nope/rollout", json=PLAN, headers=ADMIN)
+    ).status_code == 404
+    assert (await client.get(ROLLOUT)).status_code == 401
+    answer = await client.post("/v2/models/iris/infer", json=iris_body())
+    assert answer.status_code == 200  # the data plane never noticed
+
+
+async def test_the_configs_plan_starts_by_itself_and_is_not_restarted_after_it_ends(
+    make_client: AppClient,
+) -> None:
+    """A plan in the config starts at start-up; once aborted it stays aborted."""
+    models = {
+        "iris": {
+            "variants": {
+                "blue": {"path": "iris/1/model.onnx"},
+                "green": {"path": "iris/2/model.onnx"},
+            },
+            "routing": {"live": "blue"},
+            "rollout": {"variant": "green", "steps": [{"canary": 0.1, "duration": "1h"}]},
+        }
+    }
+    client = await make_client(models=models)
+
+    async def progressing() -> dict[str, Any] | None:
+        response = await client.get(ROLLOUT, headers=ADMIN)
+        return response.json() if response.status_code == 200 else None
+
+    record = await wait_until_async(progressing)
+    assert record["decisions"][0]["reason"] == "started the config's plan: canary 0.1"
+    assert (await routing(client))["canary"] == {"variant": "green", "weight": 0.1}
+    assert (await act(client, "abort")).status_code == 200
+    metrics = (await client.get("/metrics")).text
+    assert 'gateway_rollout_decisions_total{decision="abort",model="iris"} 1.0' in metrics
+    assert 'gateway_rollout_step{model="iris"} 0.0' in metrics
+    # Later ticks (run here, not waited for) must not start the config's plan again.
+    rollouts = client._transport.app.gateway.rollouts  # type: ignore[attr-defined]
+    for _ in range(2):
+        await rollouts.tick()
+    again = (await client.get(ROLLOUT, headers=ADMIN)).json()
+    assert again["id"] == record["id"] and again["phase"] == "Degraded"
