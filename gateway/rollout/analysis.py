@@ -161,12 +161,14 @@ def latency(config: LatencyCheck, evidence: Evidence) -> Check:
 
 
 def agreement(config: AgreementCheck, evidence: Evidence) -> Check:
+    """The shadow's agreement with live in a shadow step; skipped in other steps."""
     agree, disagree, _ = get(evidence.figures, f"shadow|{evidence.variant}", 3)
     n = int(agree + disagree)
     figures: dict[str, Any] = {"compared": n, "agree": int(agree)}
+    if evidence.step.shadow is None:
+        return Check("agreement", "skipped", "the variant is not a shadow in this step", figures)
     if n == 0:
-        verdict: Verdict = "skipped" if evidence.step.shadow is None else "inconclusive"
-        return Check("agreement", verdict, "no shadow answers compared", figures)
+        return Check("agreement", "inconclusive", "no shadow answers compared yet", figures)
     rate = agree / n
     p = float(stats.binomtest(int(agree), n, config.min_rate, alternative="less").pvalue)
     figures.update(rate=round(rate, 4), p_value=p)
