@@ -12,12 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 import yaml
-from support import ADMIN, GatewayProcess, RedisServer, make_iris_copy, wait_until
+from support import ADMIN, ROOT, GatewayProcess, RedisServer, make_iris_copy, wait_until
 
 pytestmark = pytest.mark.e2e
 
-TRAFFIC = Path(__file__).with_name("rollout_traffic.py")
+TRAFFIC = ROOT / "loadtests" / "rollout_traffic.py"
 VARIANTS = ("live", "same", "flaky", "slow")
 FAIL_ABOVE = 6.8  # sepal length: 11% of the iris rows are longer, so `flaky` fails them
 # Short steps and analyses, so a whole rollout fits in seconds; thresholds as shipped.
@@ -182,3 +183,80 @@ def test_under_load_a_good_variant_is_promoted_a_failing_or_slow_one_rolled_back
     metrics = httpx.get(f"{gateway.url}/metrics").text
     assert 'gateway_rollout_decisions_total{decision="rollback",model="bad"} 1.0' in metrics
     assert 'gateway_rollout_decisions_total{decision="promote",model="good"} 1.0' in metrics
+
+
+def lease_holder_pid(redis_url: str) -> int | None:
+    raw = redis.Redis.from_url(redis_url).get("gateway:rollout:lease")
+    return None if raw is None else int(raw.decode().split(":")[1])
+
+
+def written_once(url: str, model: str, record: dict[str, Any]) -> None:
+    """Every decision of the rollout is in the history exactly once, in order."""
+    numbers = [d["number"] for d in record["decisions"]]
+    assert numbers == list(range(1, len(numbers) + 1))
+    marked = [
+        entry["analysis"]["decision"]
+        for entry in history(url, model)
+        if (entry.get("analysis") or {}).get("rollout") == record["id"]
+    ]
+    assert marked == numbers
+
+
+WALK = {"variant": "same", "analysis": FAST, "steps": [
+    {"shadow": 1.0, "duration": "4s", "min_requests": 100},
+    {"canary": 0.25, "duration": "4s", "min_requests": 100},
+    {"canary": 0.5, "duration": "4s", "min_requests": 100}]}  # fmt: skip
+
+
+def test_killing_the_judge_hands_its_lease_over_and_the_rollout_goes_on(
+    tmp_path: Path,
+    rollout_repo: Path,
+    redis_server: RedisServer,
+    start_gateway: Callable[..., GatewayProcess],
+    locust: Callable[[str, list[str]], Locust],
+) -> None:
+    """2 workers + Redis under load: SIGKILL the worker that holds the lease mid-rollout; the
+    other worker takes the lease within seconds and walks the rollout to promotion, writing
+    each decision once."""
+    config = write_config(tmp_path, rollout_repo, ["good"], redis_url=redis_server.url)
+    gateway = start_gateway(config, workers=2)
+    load = locust(gateway.url, ["good"])
+    start_rollout(gateway.url, "good", WALK)
+    wait_until(lambda: rollout(gateway.url, "good")["step"] >= 1, timeout=60)
+    judge = wait_until(lambda: lease_holder_pid(redis_server.url))
+    assert judge != gateway.process.pid  # a worker, not uvicorn's supervisor
+    os.kill(judge, signal.SIGKILL)
+    successor = wait_until(
+        lambda: (pid := lease_holder_pid(redis_server.url)) not in (None, judge) and pid, timeout=15
+    )
+    record = wait_until(lambda: ended(gateway.url, "good"), timeout=60)
+    load.stop()
+    assert record["phase"] == "Healthy", record["decisions"][-1]
+    assert successor != judge
+    written_once(gateway.url, "good", record)
+
+
+def test_a_restart_resumes_the_rollout_at_its_step(
+    tmp_path: Path,
+    rollout_repo: Path,
+    start_gateway: Callable[..., GatewayProcess],
+    locust: Callable[[str, list[str]], Locust],
+) -> None:
+    """Embedded mode: stop the gateway during step 2 and start it again; the rollout is at the
+    same step, counts its window from the restart, and promotes; no decision is made twice."""
+    config = write_config(tmp_path, rollout_repo, ["good"])
+    first = start_gateway(config)
+    load = locust(first.url, ["good"])
+    start_rollout(first.url, "good", WALK)
+    before = wait_until(lambda: (r := rollout(first.url, "good"))["step"] >= 1 and r, timeout=60)
+    load.stop()
+    first.stop()
+    second = start_gateway(config)
+    resumed = rollout(second.url, "good")
+    assert (resumed["id"], resumed["step"]) == (before["id"], before["step"])
+    assert resumed["decisions"] == before["decisions"][: len(resumed["decisions"])]
+    load = locust(second.url, ["good"])
+    record = wait_until(lambda: ended(second.url, "good"), timeout=60)
+    load.stop()
+    assert record["phase"] == "Healthy", record["decisions"][-1]
+    written_once(second.url, "good", record)

@@ -1,6 +1,6 @@
-"""Locust traffic for the rollout tests: one iris row per request, spread over the models named
-in GATEWAY_TEST_MODELS (comma-separated); each request is named after its model, so locust's
-CSV counts requests and failures per model. Not a test module: locust runs it."""
+"""Locust traffic of the rollout tests and measurements: one iris row per request, spread
+over the models named in GATEWAY_TEST_MODELS (comma-separated). Each request is named after its
+model, so locust's CSV counts requests and failures per model."""
 
 import os
 import random
