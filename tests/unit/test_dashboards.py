@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from gateway.http.endpoints import ROUTES
 from gateway.metrics import Metrics
@@ -44,6 +44,7 @@ REQUIRED_ALERTS = {
     "GatewayOnlineAccuracyBelowLive",
     "GatewayOnlineErrorAboveLive",
     "GatewayFeatureMissingValues",
+    "GatewayRolloutRolledBack",
 }
 # Model monitoring's series (README "Monitoring"): the gauges the monitor exports at each scrape,
 # and the counters of Metrics it records.
@@ -78,6 +79,7 @@ def exported() -> dict[str, frozenset[str]]:
     metrics.monitor_dropped("m")
     metrics.rollout_decision("m", "advance")
     registry.register(MonitoringGauges())
+    registry.register(RolloutGauges())
     series: dict[str, set[str]] = {}
     for family in registry.collect():
         assert family.samples, f"{family.name} exports nothing: record a sample of it above"
@@ -105,6 +107,17 @@ class MonitoringGauges:
             },
         )
         yield from gauges.all()
+
+
+class RolloutGauges:
+    """The rollout controller's gauge of one scrape (`RolloutController.collect`), for one model."""
+
+    def collect(self) -> Iterator[Metric]:
+        step = GaugeMetricFamily(
+            "gateway_rollout_step", "Current step of the model's rollout.", labels=["model"]
+        )
+        step.add_metric(["m"], 1)
+        yield step
 
 
 def known_metrics() -> dict[str, frozenset[str]]:
@@ -547,6 +560,7 @@ def test_values_schema_is_json_and_ci_values_load() -> None:
         "default-values.yaml",
         "redis-values.yaml",
         "extras-values.yaml",
+        "rollout-values.yaml",
     }
     for path in SCENARIOS:
         assert isinstance(yaml.safe_load(path.read_text(encoding="utf-8")), dict), path.name
