@@ -64,6 +64,7 @@ class RolloutController:
         self.records: dict[str, Rollout] = {}  # each model's, as of the last tick
         self._webhooks = Webhooks()
         self._task: asyncio.Task[None] | None = None
+        self._ticking = asyncio.Lock()
         self.metrics.registry.register(self)
 
     def start(self) -> None:
@@ -90,7 +91,12 @@ class RolloutController:
             await asyncio.sleep(TICK_S)
 
     async def tick(self) -> None:
-        """Read every model's record, publish figures of active ones, judge if leader."""
+        """Read every model's record, publish figures of active ones, judge if leader; one
+        tick at a time."""
+        async with self._ticking:
+            await self._tick()
+
+    async def _tick(self) -> None:
         for model in self.control.table.all():
             record = await self.store.get(model)
             if record is None:
@@ -457,8 +463,15 @@ class RolloutController:
                 "reason": decision.reason,
                 "checks": decision.checks,
             }
-            state = await self.control.apply(record.model, action, record.desired(), analysis)
-            revision = state.revision
+            try:
+                revision = (
+                    await self.control.apply(record.model, action, record.desired(), analysis)
+                ).revision
+            except Conflict:  # another process wrote the same decision meanwhile, or routing moved
+                head = await self.control.store.current(record.model)
+                if head is None or not _marks(head.analysis or {}, marker):
+                    raise
+                revision = head.revision
         with contextlib.suppress(Conflict):  # the next tick writes it again
             record = await self._save(
                 replace(record, applied=decision.number, applied_revision=revision)

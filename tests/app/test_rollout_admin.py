@@ -1,5 +1,10 @@
 """The rollout admin API in-process (embedded store): the verbs, their refusals, the history."""
 
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -185,3 +190,101 @@ async def test_the_configs_plan_starts_by_itself_and_is_not_restarted_after_it_e
         await rollouts.tick()
     again = (await client.get(ROLLOUT, headers=ADMIN)).json()
     assert again["id"] == record["id"] and again["phase"] == "Degraded"
+
+
+class Hooks:
+    """A webhook receiver on a free port: answers `status[path]` (default 200), keeps bodies."""
+
+    def __init__(self) -> None:
+        self.status: dict[str, int] = {}
+        self.received: list[tuple[str, dict[str, Any]]] = []
+        hooks = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers["content-length"])
+                hooks.received.append((self.path, json.loads(self.rfile.read(length))))
+                self.send_response(hooks.status.get(self.path, 200))
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                """Quiet."""
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def hooks() -> Iterator[Hooks]:
+    receiver = Hooks()
+    yield receiver
+    receiver.close()
+
+
+async def judged(client: httpx.AsyncClient, requests: int = 400) -> dict[str, Any]:
+    """Send traffic, then run the judge's tick (not waited for) and read the rollout."""
+    for _ in range(requests // 50):
+        answers = await asyncio.gather(
+            *(client.post("/v2/models/iris/infer", json=iris_body()) for _ in range(50))
+        )
+        assert {answer.status_code for answer in answers} == {200}
+    await client._transport.app.gateway.rollouts.tick()  # type: ignore[attr-defined]
+    answer: dict[str, Any] = (await client.get(ROLLOUT, headers=ADMIN)).json()
+    return answer
+
+
+QUICK = {"interval": "0.05s", "error_rate": {"max_increase": 0.05}, "latency": {"min_samples": 20}}
+
+
+async def test_a_confirm_promotion_hook_holds_the_promotion_until_it_answers_2xx(
+    client: httpx.AsyncClient, hooks: Hooks
+) -> None:
+    """The gate answers 403: the passed rollout waits and says why; 200: it promotes. The
+    event hook hears of every decision with the model, variant and phase."""
+    hooks.status["/confirm"] = 403
+    plan = {"variant": "green", "analysis": QUICK,
+            "steps": [{"canary": 0.5, "duration": 0, "min_requests": 20}],
+            "webhooks": [{"type": "confirm-promotion", "url": f"{hooks.url}/confirm"},
+                         {"type": "event", "url": f"{hooks.url}/event"}]}  # fmt: skip
+    await started(client, plan)
+    held = await wait_until_async(lambda: _held(client))
+    assert held["phase"] == "Progressing"
+    hooks.status["/confirm"] = 200
+    done = await wait_until_async(lambda: _phase(client, "Healthy"))
+    assert (await routing(client))["live"] == "green"
+    events = [body for path, body in hooks.received if path == "/event"]
+    assert [e["metadata"]["decision"] for e in events] == ["start", "promote"]
+    assert events[-1] | {"metadata": None} == {
+        "name": "iris", "variant": "green", "phase": "Healthy", "step": 1,
+        "message": "green is live", "metadata": None,
+    }  # fmt: skip
+    assert done["decisions"][-1]["decision"] == "promote"
+
+
+async def _held(client: httpx.AsyncClient) -> dict[str, Any] | None:
+    record = await judged(client)
+    return record if record["message"] == "waiting for the confirm-promotion webhook" else None
+
+
+async def _phase(client: httpx.AsyncClient, phase: str) -> dict[str, Any] | None:
+    record = await judged(client)
+    return record if record["phase"] == phase else None
+
+
+async def test_a_rollback_hook_that_answers_2xx_rolls_the_rollout_back(
+    client: httpx.AsyncClient, hooks: Hooks
+) -> None:
+    """Flagger's rollback hook: a 2xx at any tick rolls back, naming the hook as the reason."""
+    hooks.status["/rollback"] = 404
+    plan = {**PLAN, "webhooks": [{"type": "rollback", "url": f"{hooks.url}/rollback"}]}
+    await started(client, plan)
+    assert (await judged(client, 0))["phase"] == "Progressing"
+    hooks.status["/rollback"] = 200
+    record = await wait_until_async(lambda: _phase(client, "Degraded"))
+    assert record["decisions"][-1]["reason"] == "the rollback webhook asked for it"
+    assert (await routing(client))["shadows"] == []
