@@ -30,7 +30,7 @@ from gateway.monitoring.monitor import Monitor
 from gateway.rollout.analysis import Check, Evidence, analyze, requests_seen, verdict
 from gateway.rollout.figures import own_figures, window
 from gateway.rollout.plan import RolloutPlan, Step
-from gateway.rollout.record import Rollout
+from gateway.rollout.record import DECISIONS, Rollout
 from gateway.rollout.store import RolloutStore
 from gateway.rollout.webhooks import Webhooks
 
@@ -103,6 +103,7 @@ class RolloutController:
                 self.records.pop(model, None)
             else:
                 self.records[model] = record
+                self._count_from_zero(model)
             if record is not None and record.active:
                 await self.store.publish(model, self.process, own_figures(self.metrics, model))
         configured = self._pending_plans()
@@ -121,6 +122,12 @@ class RolloutController:
             if record.active:
                 with contextlib.suppress(Conflict):
                     await self._judge(record)
+
+    def _count_from_zero(self, model: str) -> None:
+        """Give every decision of a rolled-out model a series at 0, so that the first rollback
+        is an increase a Prometheus rule sees (a series born at 1 is not one)."""
+        for decision in DECISIONS:
+            self.metrics.rollout_decisions.slot((model, decision))
 
     def _pending_plans(self) -> dict[str, RolloutPlan]:
         """The config's plans not started yet (a finished or aborted one is not restarted)."""

@@ -17,6 +17,11 @@ from gateway.routing import Canary, RoutingState, Shadow
 
 Phase = Literal["Progressing", "Paused", "Healthy", "Degraded"]
 ACTIVE = ("Progressing", "Paused")
+# The judge's decisions, then the operator's verbs (`gateway_rollout_decisions_total`).
+DECISIONS = (
+    "start", "advance", "wait", "pause", "rollback", "promote",
+    "abort", "resume", "skip", "undo",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -26,7 +31,7 @@ class Decision:
     number: int
     time: float
     step: int
-    decision: str  # advance, wait, pause, rollback, promote, or an operator's verb
+    decision: str  # one of DECISIONS
     reason: str
     checks: list[dict[str, Any]] = field(default_factory=list)
 
