@@ -30,7 +30,7 @@ from gateway.monitoring.monitor import Monitor
 from gateway.rollout.analysis import Check, Evidence, analyze, requests_seen, verdict
 from gateway.rollout.figures import own_figures, window
 from gateway.rollout.plan import RolloutPlan, Step
-from gateway.rollout.record import DECISIONS, Rollout
+from gateway.rollout.record import DECISIONS, Phase, Rollout
 from gateway.rollout.store import RolloutStore
 from gateway.rollout.webhooks import Webhooks
 
@@ -174,15 +174,7 @@ class RolloutController:
         record = await self._active(model)
         if record.phase == "Paused":
             raise Conflict(f"the rollout of {model!r} is paused already")
-        return await self._record(
-            record.decide(
-                "pause",
-                "paused by an operator",
-                [],
-                phase="Paused",
-                message="paused by an operator",
-            )
-        )
+        return await self._by_operator(record, "pause", "Paused", "paused")
 
     async def resume(self, model: str) -> Rollout:
         """Continue a paused rollout; at a `pause` step, go on to the next step."""
@@ -209,15 +201,7 @@ class RolloutController:
     async def abort(self, model: str) -> Rollout:
         """Send every request back to the routing before the rollout."""
         record = await self._active(model)
-        return await self._record(
-            record.decide(
-                "abort",
-                "aborted by an operator",
-                [],
-                phase="Degraded",
-                message="aborted by an operator",
-            )
-        )
+        return await self._by_operator(record, "abort", "Degraded", "aborted")
 
     async def undo(self, model: str) -> Rollout:
         """Restore the routing from before the last rollout, whatever its phase."""
@@ -226,15 +210,13 @@ class RolloutController:
             raise NotFound(f"model {model!r} has had no rollout")
         if record.phase == "Degraded":
             raise Conflict(f"the rollout of {model!r} is rolled back already")
-        return await self._record(
-            record.decide(
-                "undo",
-                "undone by an operator",
-                [],
-                phase="Degraded",
-                message="undone by an operator",
-            )
-        )
+        return await self._by_operator(record, "undo", "Degraded", "undone")
+
+    async def _by_operator(
+        self, record: Rollout, decision: str, phase: Phase, done: str
+    ) -> Rollout:
+        reason = f"{done} by an operator"
+        return await self._record(record.decide(decision, reason, [], phase=phase, message=reason))
 
     async def status(self, model: str) -> Rollout:
         self.control.table.get(model)
