@@ -19,8 +19,8 @@ from gateway.rollout.analysis import (
     output_drift,
     verdict,
 )
-from gateway.rollout.controller import _latency_strikes
 from gateway.rollout.figures import quantile, window
+from gateway.rollout.judge import count_latency_strikes
 from gateway.rollout.plan import (
     AgreementCheck,
     Analysis,
@@ -171,13 +171,13 @@ def test_a_latency_failure_counts_only_when_the_next_analysis_fails_too() -> Non
     """One slow window is a strike (inconclusive); two in a row roll back; a pass resets."""
     slow = latency(LatencyCheck(), evidence(runs__new=histogram(0.003, 200),
                                             runs__old=histogram(0.001, 2000)))  # fmt: skip
-    first, strikes = _latency_strikes([slow], 0)
+    first, strikes = count_latency_strikes([slow], 0)
     assert first[0].verdict == "inconclusive" and strikes == 1
-    second, strikes = _latency_strikes([slow], strikes)
+    second, strikes = count_latency_strikes([slow], strikes)
     assert second[0].verdict == "fail" and strikes == 2
     fine = latency(LatencyCheck(), evidence(runs__new=histogram(0.001, 200),
                                             runs__old=histogram(0.001, 2000)))  # fmt: skip
-    assert _latency_strikes([fine], strikes)[1] == 0
+    assert count_latency_strikes([fine], strikes)[1] == 0
 
 
 @pytest.mark.parametrize(
