@@ -81,3 +81,35 @@ def test_refusals_exit_non_zero_with_the_gateway_message(
     assert bad_sample.returncode != 0 and "VARIANT:SAMPLE" in bad_sample.stderr
     away = cli("status", "--url", "http://127.0.0.1:9")
     assert away.returncode != 0 and "cannot reach" in away.stderr
+
+
+def test_rollout_commands_draw_the_steps_and_watch_exits_by_phase(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    start_gateway: Callable[..., GatewayProcess],
+) -> None:
+    """`rollout start --plan` draws the steps; pause and resume; a verb that does not fit is
+    exit 1 with the gateway's reason; `--watch` ends 0 on promotion and 1 on an abort."""
+    gateway = start_gateway(write_config())
+    url = ["--url", gateway.url]
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("variant: green\nsteps:\n  - {shadow: 1.0, duration: 1h}\n"
+                    "  - {canary: 0.2, duration: 1h}\n")  # fmt: skip
+    started = cli("rollout", "start", "iris", "--plan", str(plan), *url)
+    assert started.returncode == 0, started.stderr
+    assert "green -> Progressing" in started.stdout and "canary 0.2" in started.stdout
+    assert cli("rollout", "pause", "iris", *url).returncode == 0
+    status = cli("rollout", "status", "iris", *url)
+    assert "Paused (paused by an operator)" in status.stdout
+    again = cli("rollout", "pause", "iris", *url)
+    assert again.returncode == 1 and "paused already" in again.stderr
+    assert cli("rollout", "resume", "iris", *url).returncode == 0
+    promoted = cli("rollout", "promote", "iris", "--full", "--watch", *url)
+    assert promoted.returncode == 0 and "Healthy (green is live)" in promoted.stdout
+    assert cli("status", "iris", *url).stdout.splitlines()[2].split()[2] == "green"
+    plan.write_text("variant: blue\nsteps: [{canary: 0.1, duration: 1h}]\n")
+    assert cli("rollout", "start", "iris", "--plan", str(plan), *url).returncode == 0
+    aborted = cli("rollout", "abort", "iris", "--watch", *url)
+    assert aborted.returncode == 1 and "Degraded" in aborted.stdout
+    missing = cli("rollout", "start", "iris", "--plan", str(tmp_path / "none.yaml"), *url)
+    assert missing.returncode != 0 and "cannot read the plan" in missing.stderr
