@@ -7,8 +7,9 @@ Without --url it starts its own gateway (gateway.yaml's models, a temp data_dir,
 token) on a free port and stops it at the end. It runs locust headless as a subprocess (locust
 patches the whole process with gevent, which this script keeps out of), then writes to DIR:
 locust's CSV files and HTML report, `record.json` (what the scenario saw), `summary.json`,
-`plot.png`, and the logs of locust and the gateway. Exit code 0 when every threshold passed,
-1 when a request failed or a threshold was missed, 2 for a usage error.
+`plot.png` (and `rollout.png` for the rollout scenario), and the logs of locust and the
+gateway. Exit code 0 when every threshold passed, 1 when a request failed or a threshold was
+missed, 2 for a usage error.
 """
 
 import argparse
@@ -26,11 +27,12 @@ from typing import Any
 
 from local_gateway import ROOT, LocalGateway
 from reporting.plot import plot_run
+from reporting.rollout_plot import plot_shares
 from reporting.summary import build_summary, human_summary
 
 HERE = Path(__file__).resolve().parent
 LOCUSTFILE = HERE / "locustfile.py"
-SCENARIOS = ("steady", "canary_ramp", "flip", "rollback")
+SCENARIOS = ("steady", "canary_ramp", "flip", "rollback", "rollout")
 STOP_TIMEOUT_S = 5  # users finish their request in flight, so the end counts no failure
 GRACE_S = 60  # locust start-up, stop and report writing, beyond the run time
 
@@ -120,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     title = f"{args.scenario}: {summary['requests']} requests, {summary['failures']} failed"
     plot_run(record, title, args.out / "plot.png")
+    rollout = record.get("rollout")
+    if rollout:
+        outcome = f"{rollout['plan']['variant']} on {rollout['model']}: {rollout['phase']}"
+        plot_shares(record, f"{title}; rollout of {outcome}", args.out / "rollout.png")
     print(human_summary(summary))
     print(f"report: {args.out}")
     return 0 if summary["passed"] else 1

@@ -1,12 +1,14 @@
 """Thresholds of a scenario, from locust's totals and the scenario record (pure functions)."""
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 SIGMAS = 5.0  # a split outside 5 binomial sigmas is a routing bug, not bad luck (p < 6e-7)
 MIN_REQUESTS = 30  # fewer answers in a step than this say too little to judge its split
-PHASES_NEEDED = {"canary_ramp": 6, "flip": 3, "rollback": 4}  # initial + changes the plan makes
+# initial + the changes the plan makes (rollout: start, three advances, promote; waits add more)
+PHASES_NEEDED = {"canary_ramp": 6, "flip": 3, "rollback": 4, "rollout": 6}
 
 
 @dataclass(frozen=True)
@@ -92,8 +94,45 @@ def scenario_thresholds(
         checks.extend(split_threshold(split) for split in splits)
     if scenario == "flip":
         checks.append(revisions_threshold(revisions_seen(record)))
+    if scenario == "rollout":
+        rollout = record.get("rollout") or {}
+        checks += [promoted_threshold(rollout), after_promotion(rollout, record["by_revision"])]
     return checks
 
 
 def revisions_seen(record: dict[str, Any]) -> list[int]:
     return sorted(int(rev) for rev in record["by_revision"] if rev.isdigit())
+
+
+def promoted_threshold(rollout: dict[str, Any]) -> Threshold:
+    """The rollout ended Healthy, by the gateway's own promote decision, while the load ran."""
+    name = "rollout promoted within the run"
+    decisions = rollout.get("decisions", [])
+    if not decisions:
+        return Threshold(name, False, "no rollout decision was recorded")
+    last = decisions[-1]
+    if rollout["phase"] == "Healthy" and last["decision"] == "promote":
+        variant = rollout["plan"]["variant"]
+        detail = f"{variant} promoted at {last['at']:.1f} s, decision {len(decisions)}"
+        return Threshold(name, True, detail)
+    detail = f"{rollout['phase']} at step {rollout['step']}: {rollout['message'] or last['reason']}"
+    return Threshold(name, False, detail)
+
+
+def after_promotion(rollout: dict[str, Any], by_revision: dict[str, dict[str, int]]) -> Threshold:
+    """Every answer routed by the promotion's revision or a later one came from the variant."""
+    name = "only the promoted variant answers after promotion"
+    decisions = rollout.get("decisions", [])
+    promoted = next((d for d in decisions if d["decision"] == "promote"), None)
+    if promoted is None:
+        return Threshold(name, None, "skipped: no promotion")
+    counts: Counter[str] = Counter()
+    for revision, variants in by_revision.items():
+        if revision.isdigit() and int(revision) >= promoted["revision"]:
+            counts.update(variants)
+    variant = rollout["plan"]["variant"]
+    stray = {v: n for v, n in counts.items() if v != variant}
+    detail = f"{counts[variant]} answers by {variant} from revision {promoted['revision']} on"
+    if stray:
+        detail += f"; others: {stray}"
+    return Threshold(name, counts[variant] > 0 and not stray, detail)

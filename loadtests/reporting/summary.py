@@ -27,7 +27,14 @@ def build_summary(scenario: str, record: dict[str, Any], locust_exit: int) -> di
         "endpoints": locust.get("entries", []),
         "thresholds": [asdict(check) for check in checks],
         "passed": all(check.passed is not False for check in checks),
+        **({"rollout": rollout_summary(record["rollout"])} if record.get("rollout") else {}),
     }
+
+
+def rollout_summary(rollout: dict[str, Any]) -> dict[str, Any]:
+    """The rollout scenario's outcome and decisions (the plan is in record.json)."""
+    keep = ("id", "phase", "step", "message", "decisions")
+    return {"variant": rollout["plan"]["variant"], **{key: rollout[key] for key in keep}}
 
 
 def human_summary(summary: dict[str, Any]) -> str:
@@ -39,6 +46,8 @@ def human_summary(summary: dict[str, Any]) -> str:
         "per variant: " + ", ".join(f"{v} {n}" for v, n in sorted(summary["per_variant"].items())),
     ]
     lines += [_step_line(step) for step in summary["steps"]]
+    if "rollout" in summary:
+        lines.append(_rollout_line(summary["rollout"]))
     lines += [_threshold_line(check) for check in summary["thresholds"]]
     lines.append("PASSED" if summary["passed"] else "FAILED")
     return "\n".join(lines)
@@ -51,6 +60,12 @@ def _step_line(step: dict[str, Any]) -> str:
     else:
         expected = f"no canary: {step['live']} only"
     return f"  step {step['phase']:<14} rev {step['revision']:<3} {counts}; {expected}"
+
+
+def _rollout_line(rollout: dict[str, Any]) -> str:
+    decisions = ", ".join(f"{d['decision']} {d['at']:.1f} s" for d in rollout["decisions"])
+    outcome = rollout["phase"] + (f" ({rollout['message']})" if rollout["message"] else "")
+    return f"rollout of {rollout['variant']}: {outcome}; decisions: {decisions or 'none'}"
 
 
 def _threshold_line(check: dict[str, Any]) -> str:

@@ -11,12 +11,14 @@ from typing import Any
 
 from gateway.admin_client import call
 from scenarios.recorder import Expected, Recorder
+from scenarios.rollout import START_AT, DecisionLog, expected_of, finished, rollout_plan
 
 MODEL = "iris"
 BLUE_GREEN = ("blue", "green")
 CANARY_STEPS = (0.05, 0.25, 0.50, 1.00)
 ROLLBACK_STEPS = (0.10, 0.50)
 FLIP_EVERY_S = 3.0
+POLL_S = 0.25  # the gateway judges every 0.5 s: no decision is seen more than a poll late
 
 
 class AdminError(Exception):
@@ -31,11 +33,18 @@ class Admin:
     model: str = MODEL
 
     def request(self, method: str, action: str = "", body: Any = None) -> dict[str, Any]:
+        return dict(self._call(method, action, body))
+
+    def history(self) -> list[dict[str, Any]]:
+        """The model's routing history, oldest revision first."""
+        return list(self._call("GET", "history"))
+
+    def _call(self, method: str, action: str, body: Any = None) -> Any:
         path = f"/admin/models/{self.model}" + (f"/{action}" if action else "")
         status, answer = call(self.url, method, path, body)
         if status != 200:
             raise AdminError(f"{method} {path} -> {status}: {answer}")
-        return dict(answer)
+        return answer
 
 
 @dataclass(frozen=True)
@@ -117,9 +126,37 @@ def rollback(ctx: Context) -> None:
     ctx.apply("rolled back", "POST", "rollback", {"to_revision": first}, start)
 
 
+def rollout(ctx: Context) -> None:
+    """Start a rollout of mlp and follow the gateway's decisions until it is over; each one's
+    revision is recorded as a phase, so its traffic is judged like a canary step's."""
+    ctx.baseline()
+    ctx.wait_until(ctx.run_time * START_AT)
+    record = ctx.admin.request("POST", "rollout", rollout_plan(ctx.run_time))
+    log = DecisionLog(record["id"], record["plan"]["variant"], ctx.recorder.started)
+    while True:
+        if log.pending(record):
+            _record_decisions(ctx, log.add(record, ctx.admin.history()))
+        ctx.recorder.rollout = {
+            **{key: record[key] for key in ("id", "model", "plan", "phase", "step", "message")},
+            "decisions": log.rows,
+        }
+        if finished(record, log):
+            return
+        ctx.sleep(POLL_S)
+        record = ctx.admin.request("GET", "rollout")
+
+
+def _record_decisions(ctx: Context, rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        name = f"{row['decision']}: {row['routing']}"
+        expected = expected_of(row["state"])
+        ctx.recorder.phase(name, row["decision"], row["revision"], expected, at=row["at"])
+
+
 CONTROLLERS: dict[str, Callable[[Context], None] | None] = {
     "steady": None,
     "canary_ramp": canary_ramp,
     "flip": flip,
     "rollback": rollback,
+    "rollout": rollout,
 }

@@ -55,6 +55,7 @@ class Recorder:
         self.admin_errors: list[str] = []
         self.notes: list[str] = []
         self.locust_stats: dict[str, Any] = {}  # locust's own final figures, set at the end
+        self.rollout: dict[str, Any] = {}  # the rollout scenario's record and decisions
         self._by_revision: defaultdict[int | None, Counter[str]] = defaultdict(Counter)
         self._buckets: defaultdict[int, _Bucket] = defaultdict(_Bucket)
 
@@ -70,8 +71,12 @@ class Recorder:
         bucket.latencies_ms.append(ms)
         bucket.failures += failed
 
-    def phase(self, name: str, action: str, revision: int, expected: Expected) -> None:
-        self.phases.append(Phase(name, action, round(self.elapsed(), 3), revision, expected))
+    def phase(
+        self, name: str, action: str, revision: int, expected: Expected, at: float | None = None
+    ) -> None:
+        """A routing state from now on, or from `at` seconds after the start when it is known."""
+        at = self.elapsed() if at is None else at
+        self.phases.append(Phase(name, action, round(at, 3), revision, expected))
 
     def to_json(self) -> dict[str, Any]:
         by_variant: Counter[str] = Counter()
@@ -84,6 +89,7 @@ class Recorder:
             "admin_errors": self.admin_errors,
             "notes": self.notes,
             "locust": self.locust_stats,
+            "rollout": self.rollout,
             "by_variant": dict(by_variant),
             "by_revision": {str(rev): dict(c) for rev, c in self._by_revision.items()},
             "bucket_s": self.bucket_s,

@@ -59,3 +59,19 @@ def test_rollback(tmp_path: Path) -> None:
     rolled_back = summary["steps"][-1]
     assert rolled_back["phase"] == "rolled back" and rolled_back["canary"] is None
     assert set(rolled_back["counts"]) == {"blue"}
+
+
+def test_rollout(tmp_path: Path) -> None:
+    """The gateway's own analysis walks mlp through shadow and canary steps to promotion under
+    load; each decision is recorded with its revision, and only mlp answers afterwards."""
+    summary = run_scenario("rollout", tmp_path / "rollout", seconds=12)
+    rollout = summary["rollout"]
+    moves = [d for d in rollout["decisions"] if d["decision"] != "wait"]
+    assert rollout["phase"] == "Healthy"
+    assert [d["decision"] for d in moves] == ["start", "advance", "advance", "advance", "promote"]
+    routings = ["shadow 1", "canary 0.25", "canary 0.5", "canary 0.75", "mlp live"]
+    assert [d["routing"] for d in moves] == routings
+    revisions = [d["revision"] for d in rollout["decisions"]]
+    assert revisions == sorted(set(revisions)) and summary["revisions_seen"][-1] == revisions[-1]
+    assert set(summary["steps"][-1]["counts"]) == {"mlp"}
+    assert (tmp_path / "rollout" / "rollout.png").stat().st_size > 0
