@@ -83,11 +83,17 @@ class RolloutController:
         self.metrics.registry.unregister(self)
 
     async def _run(self) -> None:
+        waiting = False  # for Redis: said once per outage, not at every tick
         while True:
             try:
                 await self.tick()
+                if waiting:
+                    log.info("rollouts go on: Redis answers again")
+                waiting = False
             except Unavailable as exc:
-                log.warning("rollouts wait for Redis: %s", exc)
+                if not waiting:
+                    log.warning("rollouts wait for Redis: %s", exc)
+                waiting = True
             except Exception:
                 log.exception("rollout tick failed")
             await asyncio.sleep(TICK_S)
