@@ -39,8 +39,6 @@ class Judge:
     async def judge(self, record: Rollout) -> None:
         """Write what is left of the last decision, then, if an analysis is due, decide."""
         record = await self.decisions.reconcile(record)
-        if not record.active:
-            return
         if record.phase != "Progressing":
             return
         if await self.webhooks.rollback_requested(record):

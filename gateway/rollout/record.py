@@ -71,6 +71,9 @@ class Rollout:
             step_started=now,
             next_analysis=now + plan.analysis.interval,
             applied_revision=base.revision,
+            # A plan may open with a human gate.
+            phase="Paused" if plan.steps[0].pause else "Progressing",
+            message="paused at step 1: resume to go on" if plan.steps[0].pause else "",
         )
 
     @property

@@ -288,3 +288,17 @@ async def test_a_rollback_hook_that_answers_2xx_rolls_the_rollout_back(
     record = await wait_until_async(lambda: _phase(client, "Degraded"))
     assert record["decisions"][-1]["reason"] == "the rollback webhook asked for it"
     assert (await routing(client))["shadows"] == []
+
+
+async def test_a_plan_that_opens_with_a_pause_waits_for_resume_before_any_traffic(
+    client: httpx.AsyncClient,
+) -> None:
+    """A first `pause` step is a gate: routing stays as it was until the operator resumes."""
+    before = await routing(client)
+    gated = await started(client, {"variant": "green", "steps": [{"pause": True}, {"canary": 0.1}]})
+    assert gated["phase"] == "Paused" and gated["message"] == "paused at step 1: resume to go on"
+    after = await routing(client)
+    assert (after["canary"], after["shadows"]) == (before["canary"], before["shadows"])
+    resumed = (await act(client, "resume")).json()
+    assert resumed["phase"] == "Progressing" and resumed["step"] == 1
+    assert (await routing(client))["canary"] == {"variant": "green", "weight": 0.1}
