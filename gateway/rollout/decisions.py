@@ -107,7 +107,7 @@ class Decisions:
         return saved
 
     async def record(self, record: Rollout) -> Rollout:
-        """Store a record with a new decision, count it, tell the webhooks, route as it says."""
+        """Store a record with a new decision, count it, route as it says, tell the hooks."""
         saved = await self.save(record)
         decision = saved.decisions[-1]
         self.metrics.rollout_decision(saved.model, decision.decision)
@@ -118,8 +118,9 @@ class Decisions:
             decision.decision,
             decision.reason,
         )
-        await self.webhooks.event(saved)
-        return await self.reconcile(saved)
+        routed = await self.reconcile(saved)  # before the event hook, which may be slow
+        await self.webhooks.event(routed)
+        return routed
 
     async def reconcile(self, record: Rollout) -> Rollout:
         """Write the routing of the record's last decision, once; or notice that someone
