@@ -12,26 +12,30 @@ from typing import Annotated, Literal, Self
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,9})?) ?(ms|s|m|h)?")
+MAX_SECONDS = 366 * 86_400.0  # a year: longer is a typo
 
 
 def _seconds(value: object) -> object:
     """`90`, `90.0`, `"90s"`, `"1.5m"` -> 90.0; anything else is left for pydantic to refuse."""
     if isinstance(value, str):
-        match = _DURATION.match(value)
+        match = _DURATION.fullmatch(value)
         if match is None:
             raise ValueError(f"{value!r} is not a duration such as 30s, 10m or 1h")
         return float(match[1]) * _UNITS[match[2] or "s"]
     return value
 
 
-Seconds = Annotated[float, BeforeValidator(_seconds), Field(ge=0)]
-Fraction = Annotated[float, Field(ge=0.0, le=1.0, strict=True)]
+# Strict types (README "Admin": a bool or a string is never a number) and finite numbers.
+Seconds = Annotated[float, BeforeValidator(_seconds), Field(ge=0, le=MAX_SECONDS)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+Share = Annotated[float, Field(gt=0.0, le=1.0)]
 Probability = Annotated[float, Field(gt=0.0, lt=0.5)]
+Ratio = Annotated[float, Field(gt=1.0, le=1000.0)]
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class Step(_Frozen):
@@ -39,11 +43,13 @@ class Step(_Frozen):
     judge it, or `pause` until an operator resumes. A step lasts at least `duration` and sees
     at least `min_requests` requests (or shadow runs) of the variant before it can pass."""
 
-    shadow: Fraction | None = Field(default=None, description="Shadow sample of the variant.")
-    canary: Fraction | None = Field(default=None, description="Canary weight of the variant.")
+    shadow: Share | None = Field(default=None, description="Shadow sample of the variant.")
+    canary: Share | None = Field(default=None, description="Canary weight of the variant.")
     pause: bool = Field(default=False, description="Wait for `gateway rollout resume`.")
     duration: Seconds = Field(default=60.0, description="The step's minimum duration.")
-    min_requests: int = Field(default=100, ge=0, description="The variant's requests at least.")
+    min_requests: int = Field(
+        default=100, ge=0, le=10**9, description="The variant's requests at least."
+    )
 
     @model_validator(mode="after")
     def _one_action(self) -> Self:
@@ -74,9 +80,9 @@ class LatencyCheck(_Frozen):
     """The variant's model-run p50 and p99 against live's over the step, as ratios."""
 
     enabled: bool = True
-    max_p50_ratio: float = Field(default=1.5, gt=1.0)
-    max_p99_ratio: float = Field(default=2.0, gt=1.0)
-    min_samples: int = Field(default=100, ge=10, description="Runs of each before judging.")
+    max_p50_ratio: Ratio = 1.5
+    max_p99_ratio: Ratio = 2.0
+    min_samples: int = Field(default=100, ge=10, le=10**9, description="Runs of each first.")
 
 
 class AgreementCheck(_Frozen):
@@ -85,7 +91,7 @@ class AgreementCheck(_Frozen):
     enabled: bool = True
     min_rate: Fraction = 0.95
     alpha: Probability = 0.01
-    min_samples: int = Field(default=100, ge=1)
+    min_samples: int = Field(default=100, ge=1, le=10**9)
 
 
 class OutputDriftCheck(_Frozen):
@@ -105,16 +111,19 @@ class OnlineMetricCheck(_Frozen):
     enabled: bool = True
     max_drop: float = Field(default=0.0, ge=0, description="Tolerated loss (accuracy or MAE).")
     alpha: Probability = 0.01
-    min_samples: int = Field(default=50, ge=1, description="Rows with feedback of each.")
+    min_samples: int = Field(default=50, ge=1, le=10**9, description="Rows with feedback.")
 
 
 class Analysis(_Frozen):
     """How each step is judged, every `interval`, on the figures since the step began."""
 
-    interval: Seconds = Field(default=30.0, gt=0, description="Time between two analyses.")
+    interval: Seconds = Field(
+        default=30.0, gt=0, description="Time between two analyses (at least the judge's 0.5 s)."
+    )
     inconclusive_limit: int = Field(
         default=3,
         ge=0,
+        le=10**6,
         description="Inconclusive analyses after the step's minimum before "
         "the rollout pauses for an operator (Argo's inconclusiveLimit).",
     )
@@ -134,17 +143,17 @@ class Webhook(_Frozen):
     every decision."""
 
     type: HookType
-    url: str = Field(pattern=r"^https?://")
-    timeout: Seconds = 5.0
+    url: str = Field(pattern=r"^https?://[^\s/?#]+(?:[/?#]\S*)?$", max_length=2048)
+    timeout: Annotated[float, BeforeValidator(_seconds), Field(gt=0, le=60)] = 5.0
 
 
 class RolloutPlan(_Frozen):
     """Ship `variant` through `steps`; after the last one passes, it becomes live."""
 
-    variant: str = Field(description="The variant to ship (the candidate).")
-    steps: tuple[Step, ...] = Field(min_length=1)
+    variant: str = Field(max_length=128, description="The variant to ship (the candidate).")
+    steps: tuple[Step, ...] = Field(min_length=1, strict=False)  # JSON gives a list
     analysis: Analysis = Analysis()
-    webhooks: tuple[Webhook, ...] = ()
+    webhooks: tuple[Webhook, ...] = Field(default=(), strict=False)
 
     @model_validator(mode="after")
     def _traffic_before_pause(self) -> Self:

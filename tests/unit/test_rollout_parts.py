@@ -30,6 +30,7 @@ from gateway.rollout.plan import (
     OutputDriftCheck,
     RolloutPlan,
     Step,
+    Webhook,
 )
 from gateway.rollout.record import Rollout
 from gateway.routing import Canary, RoutingState, Shadow
@@ -64,6 +65,19 @@ def test_durations_read_like_argo_and_a_step_does_exactly_one_thing() -> None:
                 {"canary": 1.5}, {"canary": 0.1, "duration": "soon"}, {"canary": 0.1, "x": 1}):  # fmt: skip
         with pytest.raises(ValidationError):
             Step.model_validate(bad)
+    for bad in ({"canary": 0.0}, {"canary": 0.1, "duration": True}, {"canary": 0.1, "min_requests": "9"},
+                {"canary": float("inf")}, {"canary": 0.1, "duration": float("inf")},
+                {"canary": 0.1, "duration": "\uff15s"}, {"canary": 0.1, "duration": "10s\n"},
+                {"canary": 0.1, "duration": "9" * 400 + "h"}, {"pause": 1}, {"pause": "yes"}):  # fmt: skip
+        with pytest.raises(ValidationError):
+            Step.model_validate(bad)
+    for url in ("http://", "http://a b/x", "ftp://host", "http://host/\n"):
+        with pytest.raises(ValidationError):
+            Webhook.model_validate({"type": "event", "url": url})
+    for analysis in ({"latency": {"max_p99_ratio": float("inf")}}, {"error_rate": {"alpha": "0.01"}},
+                     {"output_drift": {"max_psi": float("inf")}}, {"latency": {"enabled": 0}}):  # fmt: skip
+        with pytest.raises(ValidationError):
+            Analysis.model_validate(analysis)
     with pytest.raises(ValidationError, match="at least one shadow or canary"):
         RolloutPlan.model_validate({"variant": "g", "steps": [{"pause": True}]})
 
