@@ -242,7 +242,7 @@ class RolloutController:
         step = record.current_step
         if not record.active or step is None:
             return None
-        seen = 0.0 if step.pause else requests_seen(await self.judge.evidence(record, step))
+        seen = 0.0 if step.pause else requests_seen((await self.judge.evidence(record, step))[0])
         return {
             "judge": await self.store.holder(),
             "elapsed_s": round(time.time() - record.step_started, 3),

@@ -10,9 +10,11 @@ without a Prometheus server (README "Rollouts").
 A process's figures are a flat mapping `"kind|variant|detail" -> [values]`:
 `answers|V|ROLE` -> [answers, errors]; `runs|V` -> fine histogram of model runs;
 `shadow|V` -> [agree, disagree, errors]; `shadow_runs|V|shadow` and `shadow_runs|V|live` ->
-fine histograms of shadow runs and of the live runs they mirrored.
+fine histograms of shadow runs and of the live runs they mirrored; `process|started` -> [when
+the process started].
 """
 
+import time
 from collections.abc import Iterator, Mapping
 
 import numpy as np
@@ -21,11 +23,14 @@ from gateway.metrics import FINE_BUCKETS, Family, Metrics, fine_runs
 
 Figures = dict[str, list[float]]
 ROLES = ("live", "canary")
+STARTED = "process|started"  # [unix seconds]: not a count
+PROCESS_STARTED = time.time()  # this process's (the module is imported once, at start-up)
 
 
 def own_figures(metrics: Metrics, model: str) -> Figures:
-    """This process's cumulative figures of `model` (its own slots, not the other workers')."""
-    figures: Figures = {}
+    """This process's cumulative figures of `model` (its own slots, not the other workers'),
+    with when the process started (`STARTED`)."""
+    figures: Figures = {STARTED: [PROCESS_STARTED]}
     for key, values in _entries(metrics, model):
         known = figures.setdefault(key, [0.0] * len(values))
         for i, value in enumerate(values):
@@ -58,12 +63,28 @@ def _mine(family: Family, model: str) -> Iterator[tuple[tuple[str, ...], list[fl
             yield labels[1:], values
 
 
+def baseline(
+    now: Mapping[str, Figures], start: Mapping[str, Figures], since: float
+) -> dict[str, Figures]:
+    """`start` with the processes it lacks that started before `since`: those had not
+    published yet (or Redis lost their figures) when the step began, so what they counted
+    before their first figures seen now is not the step's. Processes started later count
+    from zero."""
+    found = dict(start)
+    for process, figures in now.items():
+        if process not in found and figures.get(STARTED, [since])[0] < since:
+            found[process] = figures
+    return found
+
+
 def window(now: Mapping[str, Figures], start: Mapping[str, Figures]) -> Figures:
     """The sum over processes of what each counted since `start` (process id -> figures)."""
     total: Figures = {}
     for process, figures in now.items():
         before = start.get(process, {})
         for key, values in figures.items():
+            if key == STARTED:
+                continue
             old = before.get(key, [])
             known = total.setdefault(key, [0.0] * len(values))
             for i, value in enumerate(values):

@@ -15,7 +15,7 @@ from typing import Any
 from gateway.monitoring.monitor import Monitor
 from gateway.rollout.analysis import Check, Evidence, analyze, requests_seen, verdict
 from gateway.rollout.decisions import Decisions
-from gateway.rollout.figures import window
+from gateway.rollout.figures import Figures, baseline, window
 from gateway.rollout.plan import Step
 from gateway.rollout.record import Rollout
 from gateway.rollout.webhooks import Webhooks
@@ -57,11 +57,14 @@ class Judge:
             return
         step = record.current_step
         assert step is not None and not step.pause  # a pause step is Paused
-        evidence = await self.evidence(record, step)
+        evidence, start = await self.evidence(record, step)
         checks = analyze(record.plan.analysis, evidence)
         checks, strikes = count_latency_strikes(checks, record.latency_strikes)
         record = replace(
-            record, latency_strikes=strikes, next_analysis=now + record.plan.analysis.interval
+            record,
+            latency_strikes=strikes,
+            next_analysis=now + record.plan.analysis.interval,
+            baseline=start,
         )
         found = verdict(checks)
         ready = (
@@ -116,10 +119,13 @@ class Judge:
                 record.decide("wait", reason, analysis, inconclusive=waited)
             )
 
-    async def evidence(self, record: Rollout, step: Step) -> Evidence:
-        """What `step` of `record` is judged on, now."""
+    async def evidence(self, record: Rollout, step: Step) -> tuple[Evidence, dict[str, Figures]]:
+        """What `step` of `record` is judged on, now, and the step's baseline completed with
+        the processes seen for the first time (gateway.rollout.figures.baseline)."""
         model = record.model
-        figures = window(await self.decisions.figures(model), record.baseline)
+        now = await self.decisions.figures(model)
+        start = baseline(now, record.baseline, record.step_started)
+        figures = window(now, start)
         scores = _since(self.decisions.scores(model), record.baseline_scores)
         return Evidence(
             step,
@@ -129,7 +135,7 @@ class Judge:
             scores,
             self._outputs_psi(model),
             self._psi_threshold(model),
-        )
+        ), start
 
     def _outputs_psi(self, model: str) -> dict[str, float | None]:
         _, report = self.monitor.latest(model)

@@ -19,7 +19,7 @@ from gateway.rollout.analysis import (
     output_drift,
     verdict,
 )
-from gateway.rollout.figures import quantile, window
+from gateway.rollout.figures import baseline, quantile, window
 from gateway.rollout.judge import count_latency_strikes
 from gateway.rollout.plan import (
     AgreementCheck,
@@ -283,3 +283,17 @@ def test_a_window_sums_what_each_process_counted_since_the_step_began() -> None:
         "c": {"answers|new|canary": [7, 0]},  # started after the step began
     }
     assert window(now, start) == {"answers|new|canary": [27, 1]}
+
+
+def test_a_process_first_seen_after_the_step_began_counts_from_its_first_figures() -> None:
+    """A worker that had not published when the step began (or whose figures Redis lost) is
+    counted from what it shows first, not from zero: its older traffic is not the step's. A
+    process started after the step began counts from zero."""
+    started = "process|started"
+    now = {
+        "old": {started: [100.0], "answers|new|canary": [480, 0]},  # served before the step
+        "new": {started: [250.0], "answers|new|canary": [7, 0]},  # started during the step
+    }
+    start = baseline(now, {}, since=200.0)
+    assert set(start) == {"old"}
+    assert window(now, start) == {"answers|new|canary": [7, 0]}
