@@ -33,6 +33,7 @@ from gateway.rollout.plan import RolloutPlan
 from gateway.rollout.record import DECISIONS, Phase, Rollout
 from gateway.rollout.store import RolloutStore
 from gateway.rollout.webhooks import Webhooks
+from gateway.routing import RoutingState
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ class RolloutController:
             live = self.control.table.all().get(model)
             if live is None or live.live == plan.variant:
                 continue
-            if record is None or (not record.active and record.plan.variant != plan.variant):
+            if record is None or not (record.active or plan.variant in record.variants()):
                 pending[model] = plan
         return pending
 
@@ -168,10 +169,11 @@ class RolloutController:
                 f"model {model!r} is rolling out {old.plan.variant!r} already; abort it first"
             )
         entry = await self.control.store.current(model)
-        new = Rollout.begin(model, plan, entry.state if entry else state)
+        new = Rollout.begin(model, plan, _without(entry.state if entry else state, plan.variant))
         new = replace(
             new,
             version=old.version if old else 0,
+            earlier_variants=old.variants() if old else (),
             baseline=await self.decisions.figures(model),
             baseline_scores=self.decisions.scores(model),
         )
@@ -267,3 +269,11 @@ class RolloutController:
         for model, record in sorted(self.records.items()):
             step.add_metric([model], record.step)
         return [step]
+
+
+def _without(state: RoutingState, variant: str) -> RoutingState:
+    """`state` without a canary or shadow of `variant`: the rollout takes it over, and a
+    rollback must not leave it any traffic."""
+    canary = None if state.canary and state.canary.variant == variant else state.canary
+    shadows = tuple(shadow for shadow in state.shadows if shadow.variant != variant)
+    return replace(state, canary=canary, shadows=shadows)

@@ -56,6 +56,7 @@ class Rollout:
     applied: int = 0  # the last decision whose routing is in the history
     applied_revision: int = 0  # the routing revision that decision made
     message: str = ""
+    earlier_variants: tuple[str, ...] = ()  # rolled out before this one, on this model
     started: float = 0.0
     version: int = 0
 
@@ -79,6 +80,10 @@ class Rollout:
     @property
     def active(self) -> bool:
         return self.phase in ACTIVE
+
+    def variants(self) -> tuple[str, ...]:
+        """Every variant rolled out on this model: earlier ones and this one."""
+        return tuple(dict.fromkeys((*self.earlier_variants, self.plan.variant)))
 
     @property
     def current_step(self) -> Step | None:
@@ -122,6 +127,7 @@ class Rollout:
         data["plan"] = RolloutPlan.model_validate(data["plan"])
         data["base"] = RoutingState.from_dict(data["base"])
         data["decisions"] = tuple(Decision(**d) for d in data["decisions"])
+        data["earlier_variants"] = tuple(data.get("earlier_variants", ()))
         return cls(**data)
 
     def summary(self) -> dict[str, Any]:

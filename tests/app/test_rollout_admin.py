@@ -160,12 +160,14 @@ async def test_verbs_that_do_not_fit_the_rollouts_state_are_409_or_404(
 async def test_the_configs_plan_starts_by_itself_and_is_not_restarted_after_it_ends(
     make_client: AppClient,
 ) -> None:
-    """A plan in the config starts at start-up; once aborted it stays aborted."""
+    """A plan in the config starts at start-up; once aborted it is not started again, even
+    after another variant's rollout."""
     models = {
         "iris": {
             "variants": {
                 "blue": {"path": "iris/1/model.onnx"},
                 "green": {"path": "iris/2/model.onnx"},
+                "mlp": {"path": "iris/3/model.onnx"},
             },
             "routing": {"live": "blue"},
             "rollout": {"variant": "green", "steps": [{"canary": 0.1, "duration": "1h"}]},
@@ -190,6 +192,12 @@ async def test_the_configs_plan_starts_by_itself_and_is_not_restarted_after_it_e
         await rollouts.tick()
     again = (await client.get(ROLLOUT, headers=ADMIN)).json()
     assert again["id"] == record["id"] and again["phase"] == "Degraded"
+    # Nor after another variant's rollout has come and gone.
+    other = await started(client, {"variant": "mlp", "steps": [{"canary": 0.1}]})
+    assert (await act(client, "abort")).status_code == 200
+    for _ in range(2):
+        await rollouts.tick()
+    assert (await client.get(ROLLOUT, headers=ADMIN)).json()["id"] == other["id"]
 
 
 class Hooks:
@@ -302,3 +310,18 @@ async def test_a_plan_that_opens_with_a_pause_waits_for_resume_before_any_traffi
     resumed = (await act(client, "resume")).json()
     assert resumed["phase"] == "Progressing" and resumed["step"] == 1
     assert (await routing(client))["canary"] == {"variant": "green", "weight": 0.1}
+
+
+async def test_a_rollout_takes_over_a_canary_of_its_variant_and_its_abort_leaves_it_none(
+    client: httpx.AsyncClient,
+) -> None:
+    """Green already a 30% canary: the rollout's shadow step removes that canary, and an
+    abort restores the routing from before without it (a rolled-back variant keeps no traffic)."""
+    await client.put("/admin/models/iris/canary", json={"variant": "green", "weight": 0.3},
+                     headers=ADMIN)  # fmt: skip
+    await started(client)
+    state = await routing(client)
+    assert state["canary"] is None and state["shadows"] == [{"variant": "green", "sample": 1.0}]
+    await act(client, "abort")
+    state = await routing(client)
+    assert (state["live"], state["canary"], state["shadows"]) == ("blue", None, [])
