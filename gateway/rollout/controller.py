@@ -220,9 +220,10 @@ class RolloutController:
         record = await self.store.get(model)
         if record is None:
             raise NotFound(f"model {model!r} has had no rollout")
-        if record.phase == "Degraded":
-            raise Conflict(f"the rollout of {model!r} is rolled back already")
-        return await self._by_operator(record, "undo", "Degraded", "undone")
+        if record.base.same_routing(self.control.table.get(model)):
+            raise Conflict(f"the routing of {model!r} is as it was before the rollout already")
+        undone = replace(record, hands_off=False)
+        return await self._by_operator(undone, "undo", "Degraded", "undone")
 
     async def _by_operator(
         self, record: Rollout, decision: str, phase: Phase, done: str

@@ -129,7 +129,6 @@ class Decisions:
         head = await self.control.store.current(record.model)
         if record.applied >= decision.number:
             if record.active and head is not None and head.revision > record.applied_revision:
-                # Recorded as applied already: the operator's routing stays as it is.
                 return await self.record(
                     record.decide(
                         "abort",
@@ -137,9 +136,8 @@ class Decisions:
                         f"{head.action})",
                         [],
                         phase="Degraded",
-                        message="routing changed by an operator",
-                        applied=decision.number + 1,
-                        applied_revision=head.revision,
+                        message="ended by a routing change outside the rollout, left as it is",
+                        hands_off=True,
                     )
                 )
             return record
@@ -155,9 +153,11 @@ class Decisions:
                 "reason": decision.reason,
                 "checks": decision.checks,
             }
+            # Hands off: the same routing as now, as a revision that carries the decision.
+            routing = record.desired() or (head.state if head else record.base)
             try:
                 revision = (
-                    await self.control.apply(record.model, action, record.desired(), analysis)
+                    await self.control.apply(record.model, action, routing, analysis)
                 ).revision
             except Conflict:  # another process wrote the same decision meanwhile, or routing moved
                 head = await self.control.store.current(record.model)

@@ -57,6 +57,7 @@ class Rollout:
     applied_revision: int = 0  # the routing revision that decision made
     message: str = ""
     earlier_variants: tuple[str, ...] = ()  # rolled out before this one, on this model
+    hands_off: bool = False  # ended by someone else's routing change, which it leaves as is
     started: float = 0.0
     version: int = 0
 
@@ -98,10 +99,12 @@ class Rollout:
         )
         return replace(self, decisions=(*self.decisions, made), **changes)
 
-    def desired(self) -> RoutingState:
+    def desired(self) -> RoutingState | None:
         """The routing the record asks for (any revision number): the base routing with the
         latest traffic step up to the current one; promoted: the variant live; Degraded: the
-        base routing."""
+        base routing; None when the routing is left to whoever changed it (`hands_off`)."""
+        if self.hands_off:
+            return None
         variant, base = self.plan.variant, self.base
         others = tuple(s for s in base.shadows if s.variant != variant)
         if self.phase == "Healthy":

@@ -91,7 +91,8 @@ async def test_abort_and_undo_restore_the_routing_from_before_the_rollout(
 async def test_a_manual_routing_change_ends_the_rollout_and_wins(
     client: httpx.AsyncClient,
 ) -> None:
-    """A flip during a rollout is the operator's: the rollout stops and leaves routing alone."""
+    """A flip during a rollout is the operator's: the rollout ends with a revision that leaves
+    the routing as the flip made it; undo can still restore the routing from before."""
     await started(client)
     flipped = await client.post("/admin/models/iris/flip", json={"to": "mlp"}, headers=ADMIN)
     assert flipped.status_code == 200
@@ -103,7 +104,15 @@ async def test_a_manual_routing_change_ends_the_rollout_and_wins(
     record = await wait_until_async(ended)
     assert "routing changed outside the rollout" in record["decisions"][-1]["reason"]
     state = await routing(client)
-    assert state["live"] == "mlp" and state["revision"] == flipped.json()["revision"]
+    assert state["live"] == "mlp" and state["shadows"] == flipped.json()["shadows"]
+    head = (await client.get("/admin/models/iris/history", headers=ADMIN)).json()[-1]
+    assert head["analysis"]["outcome"] == "abort"  # a revision, with the routing unchanged
+    assert head["revision"] == flipped.json()["revision"] + 1
+    # undo is still there: back to the routing from before the rollout (blue, no shadow).
+    assert (await act(client, "undo")).status_code == 200
+    state = await routing(client)
+    assert (state["live"], state["shadows"]) == ("blue", [])
+    assert (await act(client, "undo")).status_code == 409
 
 
 @pytest.mark.parametrize(
