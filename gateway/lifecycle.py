@@ -161,6 +161,13 @@ class Gateway:
                         f"model {model!r}: the new config drops a variant its routing uses; "
                         "flip, abort or change shadows first"
                     )
+            for model, record in self.rollouts.records.items():
+                variants = repository.models.get(model)
+                if record.active and variants is not None and record.plan.variant not in variants:
+                    raise Conflict(
+                        f"model {model!r}: the new config drops {record.plan.variant!r}, which "
+                        "a rollout ships; abort it first"
+                    )
             if announce:  # tell the other workers and replicas; 503 here changes nothing yet
                 await self.control.store.announce_reload()
             self._switch(settings, repository)

@@ -5,10 +5,12 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 from app.conftest import AppClient
 from support import ADMIN, iris_body, wait_until_async
 
@@ -334,3 +336,19 @@ async def test_a_rollout_takes_over_a_canary_of_its_variant_and_its_abort_leaves
     await act(client, "abort")
     state = await routing(client)
     assert (state["live"], state["canary"], state["shadows"]) == ("blue", None, [])
+
+
+async def test_reload_refuses_to_drop_the_variant_of_a_paused_rollout(
+    client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """A rollout paused before any traffic step still owns its variant: a reload that drops
+    it is 409, and the rollout resumes as planned."""
+    await started(client, {"variant": "green", "steps": [{"pause": True}, {"canary": 0.2}]})
+    config_path = tmp_path / "gateway.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    del config["models"]["iris"]["variants"]["green"]
+    config_path.write_text(yaml.safe_dump(config))
+    dropped = await client.post("/admin/reload", headers=ADMIN)
+    assert dropped.status_code == 409 and "a rollout ships" in dropped.json()["error"]
+    assert (await act(client, "resume")).json()["step"] == 1
+    assert (await routing(client))["canary"] == {"variant": "green", "weight": 0.2}
