@@ -81,11 +81,15 @@ def _read_plan(path: str) -> Any:
     """A rollout plan from a YAML or JSON file (its shape: README "Rollouts")."""
     try:
         with open(path, encoding="utf-8") as file:
-            return yaml.safe_load(file)
+            plan = yaml.safe_load(file)
     except (OSError, yaml.YAMLError) as exc:
         raise SystemExit(f"gateway: cannot read the plan {path}: {exc}") from None
+    if not isinstance(plan, dict):  # empty: it would mean "the config's plan"
+        raise SystemExit(f"gateway: {path}: a plan is a mapping with variant and steps")
+    return plan
 
 
+WATCH_PATIENCE_S = 30.0  # `--watch` waits this long for a gateway that does not answer
 ROLLOUT_ACTIONS = ("start", "status", "pause", "resume", "promote", "abort", "undo")
 MODEL = ("model", {"help": "model name"})
 ADMIN_COMMANDS = (
@@ -170,8 +174,7 @@ def run_admin_command(args: argparse.Namespace) -> int:
         print(f"gateway: cannot reach {args.url}: {exc}", file=sys.stderr)
         return 1
     if status >= 400:
-        message = answer.get("error") if isinstance(answer, dict) else answer
-        print(f"gateway: {status}: {message}", file=sys.stderr)
+        print(f"gateway: {status}: {_message(answer)}", file=sys.stderr)
         return 1
     print(json.dumps(answer, indent=2) if getattr(args, "json", False) else render(answer))
     if getattr(args, "watch", False):
@@ -181,32 +184,40 @@ def run_admin_command(args: argparse.Namespace) -> int:
 
 def watch_rollout(url: str, model: str, interval: float = 1.0) -> int:
     """Redraw a rollout's status until it stops progressing: 0 when it is Healthy or Paused,
-    1 when it is Degraded (rolled back or aborted) or the gateway refuses, as Argo's
-    `rollouts status --watch` does."""
+    1 when it is Degraded (rolled back or aborted), as Argo's `rollouts status --watch` does;
+    2 when it cannot be followed: a refusal (4xx), or no answer for WATCH_PATIENCE_S (a
+    gateway restarting or Redis down for a moment is waited for)."""
     from rich.live import Live
 
     from gateway.rollout.view import rollout_view
 
     path = f"/admin/models/{model}/rollout"
+    last_answer = time.monotonic()
     with Live(auto_refresh=False) as live:
         while True:
             try:
                 status, answer = call(url, "GET", path)
             except OSError as exc:
-                print(f"gateway: cannot reach {url}: {exc}", file=sys.stderr)
-                return 1
-            if status >= 400:
-                print(f"gateway: {status}: {answer}", file=sys.stderr)
-                return 1
-            live.update(rollout_view(answer), refresh=True)
-            if answer["phase"] != "Progressing":
-                return 1 if answer["phase"] == "Degraded" else 0
+                status, answer = 0, {"error": f"cannot reach {url}: {exc}"}
+            if 400 <= status < 500 or time.monotonic() - last_answer > WATCH_PATIENCE_S:
+                print(f"gateway: {status or ''} {_message(answer)}".strip(), file=sys.stderr)
+                return 2
+            if status == 200:
+                last_answer = time.monotonic()
+                live.update(rollout_view(answer), refresh=True)
+                if answer["phase"] != "Progressing":
+                    return 1 if answer["phase"] == "Degraded" else 0
             time.sleep(interval)
+
+
+def _message(answer: Any) -> Any:
+    return answer.get("error", answer) if isinstance(answer, dict) else answer
 
 
 def call(url: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     """One admin call with the token from GATEWAY_ADMIN_TOKEN; (status, decoded JSON)."""
-    data = json.dumps(body).encode() if body is not None else None
+    # default=str: a YAML date in a plan reaches the gateway, which names the field.
+    data = json.dumps(body, default=str).encode() if body is not None else None
     request = urllib.request.Request(url.rstrip("/") + path, data=data, method=method)
     request.add_header("Content-Type", "application/json")
     token = os.environ.get("GATEWAY_ADMIN_TOKEN")

@@ -118,8 +118,8 @@ class Decisions:
             decision.decision,
             decision.reason,
         )
-        routed = await self.reconcile(saved)  # before the event hook, which may be slow
-        await self.webhooks.event(routed)
+        routed = await self.reconcile(saved)
+        self.webhooks.event(routed)
         return routed
 
     async def reconcile(self, record: Rollout) -> Rollout:

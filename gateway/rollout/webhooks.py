@@ -7,7 +7,7 @@
 
 The body is `{"name": model, "variant", "phase", "step", "message", "metadata": {"rollout",
 "decision", "reason"}}`. A hook that cannot be reached counts as "no" (not 2xx) and is logged;
-calls run in a thread with the hook's timeout, off the event loop.
+calls run in a thread with the hook's timeout, off the event loop; event hooks in the background.
 """
 
 import asyncio
@@ -25,7 +25,12 @@ log = logging.getLogger(__name__)
 
 
 class Webhooks:
-    """Calls the webhooks a rollout's plan lists."""
+    """Calls the webhooks a rollout's plan lists. A hook that fails is logged once, until it
+    answers again."""
+
+    def __init__(self) -> None:
+        self._failing: set[str] = set()
+        self._events: set[asyncio.Task[bool]] = set()  # in flight; held so none is collected
 
     async def confirmed(self, record: Rollout, kind: str) -> bool:
         """Whether every hook of `kind` (a gate) says yes; True when there is none."""
@@ -38,13 +43,24 @@ class Webhooks:
                 return True
         return False
 
-    async def event(self, record: Rollout) -> None:
+    def event(self, record: Rollout) -> None:
+        """Tell the `event` hooks, in the background: a slow hook delays nothing."""
         for hook in _of(record, "event"):
-            await self._call(hook, record)
+            task = asyncio.create_task(self._call(hook, record))
+            self._events.add(task)
+            task.add_done_callback(self._events.discard)
 
     async def _call(self, hook: Webhook, record: Rollout) -> bool:
         body = orjson.dumps(_payload(record))
-        return await asyncio.to_thread(_post, hook, body)
+        try:
+            answered = await asyncio.to_thread(_post, hook, body)
+        except (urllib.error.URLError, OSError) as exc:
+            if hook.url not in self._failing:
+                log.warning("rollout webhook %s (%s) failed: %s", hook.url, hook.type, exc)
+            self._failing.add(hook.url)
+            return False
+        self._failing.discard(hook.url)
+        return answered
 
 
 def _of(record: Rollout, kind: str) -> list[Webhook]:
@@ -74,8 +90,5 @@ def _post(hook: Webhook, body: bytes) -> bool:
     try:
         with urllib.request.urlopen(request, timeout=hook.timeout) as response:
             return bool(200 <= response.status < 300)
-    except urllib.error.HTTPError as exc:
+    except urllib.error.HTTPError as exc:  # an answer, not a failure
         return 200 <= exc.code < 300
-    except (urllib.error.URLError, OSError) as exc:
-        log.warning("rollout webhook %s (%s) failed: %s", hook.url, hook.type, exc)
-        return False

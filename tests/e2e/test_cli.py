@@ -113,3 +113,11 @@ def test_rollout_commands_draw_the_steps_and_watch_exits_by_phase(
     assert aborted.returncode == 1 and "Degraded" in aborted.stdout
     missing = cli("rollout", "start", "iris", "--plan", str(tmp_path / "none.yaml"), *url)
     assert missing.returncode != 0 and "cannot read the plan" in missing.stderr
+    plan.write_text("")
+    empty = cli("rollout", "start", "iris", "--plan", str(plan), *url)
+    assert empty.returncode != 0 and "a plan is a mapping" in empty.stderr
+    plan.write_text("variant: blue\nsteps: [{canary: 0.1, duration: 2021-01-01}]\n")
+    dated = cli("rollout", "start", "iris", "--plan", str(plan), *url)
+    assert dated.returncode == 1 and "steps.0.duration" in dated.stderr
+    gone = cli("rollout", "status", "nope", "--watch", *url)
+    assert gone.returncode == 1 and "404" in gone.stderr  # refused before watching
