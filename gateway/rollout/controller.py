@@ -68,6 +68,7 @@ class RolloutController:
         self.judge = Judge(self.decisions, monitor, webhooks, psi_threshold)
         self._task: asyncio.Task[None] | None = None
         self._ticking = asyncio.Lock()
+        self._unreadable: set[str] = set()  # models whose record was logged as unreadable
         self.metrics.registry.register(self)
 
     def start(self) -> None:
@@ -107,7 +108,14 @@ class RolloutController:
 
     async def _tick(self) -> None:
         for model in self.control.table.all():
-            record = await self.store.get(model)
+            try:
+                record = await self.store.get(model)
+            except (ValueError, TypeError, KeyError) as exc:  # written by another version?
+                if model not in self._unreadable:
+                    log.error("the rollout record of %s cannot be read, skipped: %s", model, exc)
+                self._unreadable.add(model)
+                continue
+            self._unreadable.discard(model)
             if record is None:
                 self.records.pop(model, None)
             else:
@@ -129,8 +137,18 @@ class RolloutController:
                 await self.begin(model, plan, "the config's plan")
         for record in list(self.records.values()):
             if record.active:
-                with contextlib.suppress(Conflict):
-                    await self.judge.judge(record)
+                await self._judge_one(record)
+
+    async def _judge_one(self, record: Rollout) -> None:
+        """Judge one rollout; its failure (not Redis's) is logged and spares the others."""
+        try:
+            await self.judge.judge(record)
+        except Conflict:  # an operator changed it meanwhile: judged again at the next tick
+            pass
+        except Unavailable:
+            raise
+        except Exception:
+            log.exception("rollout of %s could not be judged", record.model)
 
     def _count_from_zero(self, model: str) -> None:
         """Give every decision of a rolled-out model a series at 0, so that the first rollback
