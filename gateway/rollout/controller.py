@@ -108,21 +108,7 @@ class RolloutController:
 
     async def _tick(self) -> None:
         for model in self.control.table.all():
-            try:
-                record = await self.store.get(model)
-            except (ValueError, TypeError, KeyError) as exc:  # written by another version?
-                if model not in self._unreadable:
-                    log.error("the rollout record of %s cannot be read, skipped: %s", model, exc)
-                self._unreadable.add(model)
-                continue
-            self._unreadable.discard(model)
-            if record is None:
-                self.records.pop(model, None)
-            else:
-                self.records[model] = record
-                self._count_from_zero(model)
-            if record is not None and record.active:
-                await self.store.publish(model, self.process, own_figures(self.metrics, model))
+            await self._follow(model)
         configured = self._pending_plans()
         if not configured and not any(r.active for r in self.records.values()):
             if self.judging:
@@ -138,6 +124,24 @@ class RolloutController:
         for record in list(self.records.values()):
             if record.active:
                 await self._judge_one(record)
+
+    async def _follow(self, model: str) -> None:
+        """Read `model`'s record; while it is active, publish this process's figures."""
+        try:
+            record = await self.store.get(model)
+        except (ValueError, TypeError, KeyError) as exc:  # written by another version?
+            if model not in self._unreadable:
+                log.error("the rollout record of %s cannot be read, skipped: %s", model, exc)
+            self._unreadable.add(model)
+            return
+        self._unreadable.discard(model)
+        if record is None:
+            self.records.pop(model, None)
+            return
+        self.records[model] = record
+        self._count_from_zero(model)
+        if record.active:
+            await self.store.publish(model, self.process, own_figures(self.metrics, model))
 
     async def _judge_one(self, record: Rollout) -> None:
         """Judge one rollout; its failure (not Redis's) is logged and spares the others."""
