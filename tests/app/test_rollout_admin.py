@@ -107,7 +107,14 @@ async def test_a_manual_routing_change_ends_the_rollout_and_wins(
     assert "routing changed outside the rollout" in record["decisions"][-1]["reason"]
     state = await routing(client)
     assert state["live"] == "mlp" and state["shadows"] == flipped.json()["shadows"]
-    head = (await client.get("/admin/models/iris/history", headers=ADMIN)).json()[-1]
+
+    async def marked() -> dict[str, Any] | None:
+        head: dict[str, Any] = (
+            await client.get("/admin/models/iris/history", headers=ADMIN)
+        ).json()[-1]
+        return head if "analysis" in head else None
+
+    head = await wait_until_async(marked)  # the record is written first, then the history
     assert head["analysis"]["outcome"] == "abort"  # a revision, with the routing unchanged
     assert head["revision"] == flipped.json()["revision"] + 1
     # undo is still there: back to the routing from before the rollout (blue, no shadow).
@@ -276,7 +283,12 @@ async def test_a_confirm_promotion_hook_holds_the_promotion_until_it_answers_2xx
     hooks.status["/confirm"] = 200
     done = await wait_until_async(lambda: _phase(client, "Healthy"))
     assert (await routing(client))["live"] == "green"
-    events = [body for path, body in hooks.received if path == "/event"]
+
+    async def told() -> list[dict[str, Any]] | None:  # event hooks are called in the background
+        events = [body for path, body in hooks.received if path == "/event"]
+        return events if len(events) == 2 else None
+
+    events = await wait_until_async(told)
     assert [e["metadata"]["decision"] for e in events] == ["start", "promote"]
     assert events[-1] | {"metadata": None} == {
         "name": "iris", "variant": "green", "phase": "Healthy", "step": 1,
