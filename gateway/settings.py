@@ -34,10 +34,46 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+Count = Annotated[int, Field(strict=True, ge=0)]
+
+
 class VariantConfig(_Frozen):
-    """One ONNX file that can answer for a model."""
+    """One ONNX file that can answer for a model, with its queue (README "Batching and
+    admission"; the batching fields carry Triton's names and meaning)."""
 
     path: str = Field(description="Path of the .onnx file, relative to model_repository.")
+    max_batch_size: Count = Field(
+        default=0,
+        le=65536,
+        description="Dynamic batching: rows one run may gather from queued requests whose first "
+        "dimension is the batch; 0 turns batching off.",
+    )
+    max_queue_delay_us: Count = Field(
+        default=100,
+        le=10_000_000,
+        description="How long, in microseconds, a request may wait for others to join its "
+        "batch; it waits only while recent batches were larger than what is queued.",
+    )
+    preferred_batch_size: tuple[Annotated[int, Field(strict=True, ge=1)], ...] = Field(
+        default=(),
+        description="Batch sizes (rows) run as soon as they are reached; the largest one caps "
+        "a batch formed while requests wait.",
+    )
+    max_queue_size: Count = Field(
+        default=0,
+        description="Requests waiting for this variant at most; more answer 429 with "
+        "Retry-After. 0: no bound (deadlines still apply).",
+    )
+
+    @model_validator(mode="after")
+    def _preferred_within_max(self) -> Self:
+        for size in self.preferred_batch_size:
+            if size > self.max_batch_size:
+                raise ValueError(
+                    f"preferred_batch_size {size} is larger than max_batch_size "
+                    f"{self.max_batch_size}"
+                )
+        return self
 
 
 class CanaryConfig(_Frozen):
@@ -164,7 +200,23 @@ class Settings(_Frozen):
         description="Embedded mode: routing state and shadow log. With Redis: the last-known "
         "routing, served by a process that starts while Redis is down.",
     )
-    request_timeout_s: float = Field(default=5.0, gt=0, description="Slower inference gets 504.")
+    request_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="A request not answered within this many seconds (queue and run) gets 504; "
+        "a request's own `timeout` parameter (microseconds, Triton's) may shorten it.",
+    )
+    drain_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="On SIGTERM: seconds during which /v2/health/ready answers 503 while every "
+        "request is still served, so load balancers stop sending new ones.",
+    )
+    shutdown_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="After the drain: how long requests still in flight get to finish.",
+    )
     max_body_bytes: int = Field(
         default=8 * 1024 * 1024,
         gt=0,
