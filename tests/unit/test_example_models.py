@@ -21,9 +21,11 @@ MODELS_DIR = REPO_ROOT / "models"
 SCRIPT_PATH = MODELS_DIR / "make_models.py"
 
 IRIS_VERSIONS = (1, 2, 3)
-ALL_MODELS = (("iris", 1), ("iris", 2), ("iris", 3), ("mlp", 1))
+ALL_MODELS = (("iris", 1), ("iris", 2), ("iris", 3), ("mlp", 1), ("heavy", 1))
 MLP_ROWS = 32
 MLP_FEATURES = 64
+HEAVY_FEATURES = 512
+HEAVY_MAX_FILE_BYTES = 100_000  # its 25 MB of weights are computed at load
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -77,7 +79,7 @@ def iris() -> tuple[FloatArray, np.ndarray]:
 
 
 def test_build_all_writes_expected_files(built: tuple[pathlib.Path, list[pathlib.Path]]) -> None:
-    """build_all(tmp_path) writes and returns exactly the four Triton-style model files."""
+    """build_all(tmp_path) writes and returns exactly the five Triton-style model files."""
     root, written = built
     expected = {_model_file(root, n, v) for n, v in ALL_MODELS}
     assert len(written) == len(expected)
@@ -141,3 +143,67 @@ def test_mlp_committed_signature() -> None:
     outputs = [(o.name, o.type, o.shape) for o in sess.get_outputs()]
     assert inputs == [("input", "tensor(float)", ["batch", MLP_FEATURES])]
     assert outputs == [("scores", "tensor(float)", ["batch", 10])]
+
+
+@pytest.fixture(scope="module")
+def heavy_rows() -> FloatArray:
+    """32 fixed random rows for the heavy model."""
+    rows = np.random.default_rng(1234).standard_normal((MLP_ROWS, HEAVY_FEATURES))
+    return rows.astype(np.float32)
+
+
+def test_heavy_fresh_matches_committed(fresh_repo: pathlib.Path, heavy_rows: FloatArray) -> None:
+    """Fresh and committed heavy models give exactly the same scores on 32 fixed rows."""
+    fresh = _run(_model_file(fresh_repo, "heavy", 1), heavy_rows)
+    committed = _run(_model_file(MODELS_DIR, "heavy", 1), heavy_rows)
+    assert fresh["scores"].shape == (MLP_ROWS, HEAVY_FEATURES)
+    np.testing.assert_array_equal(fresh["scores"], committed["scores"])
+
+
+def test_heavy_same_bits_on_every_load(heavy_rows: FloatArray) -> None:
+    """Two loads of the committed heavy model fold the same weights: bit-identical scores."""
+    path = _model_file(MODELS_DIR, "heavy", 1)
+    np.testing.assert_array_equal(
+        _run(path, heavy_rows)["scores"], _run(path, heavy_rows)["scores"]
+    )
+
+
+def test_heavy_weights_are_folded_at_load(tmp_path: pathlib.Path) -> None:
+    """onnxruntime's constant folding leaves only the dense layers: weights are initializers."""
+    import onnx
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(tmp_path / "folded.onnx")
+    ort.InferenceSession(
+        str(_model_file(MODELS_DIR, "heavy", 1)), options, providers=["CPUExecutionProvider"]
+    )
+    folded = onnx.load(str(tmp_path / "folded.onnx"))
+    assert {node.op_type for node in folded.graph.node} <= {"MatMul", "Add", "Gemm", "Relu"}
+    sizes = sorted(int(np.prod(init.dims)) for init in folded.graph.initializer)
+    assert sizes == [512, 2048, 2048, 512 * 2048, 512 * 2048, 2048 * 2048]
+
+
+def test_heavy_matches_numpy_forward_pass(heavy_rows: FloatArray) -> None:
+    """The folded model computes the MLP of the script's weights (fmod(a * b, scale))."""
+    script = _load_script()
+    layers = script.init_heavy_factors()
+    hidden = heavy_rows
+    for index, (weight, bias) in enumerate(layers):
+        hidden = hidden @ script.heavy_tensor(weight) + script.heavy_tensor(bias)
+        if index < len(layers) - 1:
+            hidden = np.maximum(hidden, 0.0)
+    scores = _run(_model_file(MODELS_DIR, "heavy", 1), heavy_rows)["scores"]
+    np.testing.assert_allclose(scores, hidden, rtol=1e-4, atol=1e-5)
+    assert np.all(np.isfinite(scores)) and 0.1 < float(scores.std()) < 10.0
+
+
+def test_heavy_committed_signature_and_size() -> None:
+    """The committed heavy model declares input[batch,512] and scores[batch,512], in < 100 KB."""
+    path = _model_file(MODELS_DIR, "heavy", 1)
+    sess = _session(path)
+    inputs = [(i.name, i.type, i.shape) for i in sess.get_inputs()]
+    outputs = [(o.name, o.type, o.shape) for o in sess.get_outputs()]
+    assert inputs == [("input", "tensor(float)", ["batch", HEAVY_FEATURES])]
+    assert outputs == [("scores", "tensor(float)", ["batch", HEAVY_FEATURES])]
+    assert path.stat().st_size < HEAVY_MAX_FILE_BYTES
