@@ -10,6 +10,7 @@ class GatewayError(Exception):
     """Base class: an error with a message a user can act on and an HTTP status."""
 
     status_code = 500
+    headers: tuple[tuple[str, str], ...] = ()  # response headers the answer must carry
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -64,6 +65,18 @@ class UnsupportedMediaType(GatewayError):
     status_code = 415
 
 
+class QueueFull(GatewayError):
+    """The variant's queue holds `max_queue_size` requests already (README "Batching and
+    admission"); Retry-After says in how many seconds the queue should have room (RFC 9110
+    section 10.2.3)."""
+
+    status_code = 429
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.headers = (("retry-after", str(retry_after_s)),)
+
+
 class Unavailable(GatewayError):
     """Not ready yet, or the routing store (Redis) cannot be reached for a change."""
 
@@ -71,7 +84,8 @@ class Unavailable(GatewayError):
 
 
 class InferenceTimeout(GatewayError):
-    """The model run took longer than `request_timeout_s`."""
+    """The request could not be answered within its deadline (`request_timeout_s`, or its own
+    `timeout` parameter): it waited or ran too long, or the work ahead of it would take longer."""
 
     status_code = 504
 

@@ -35,7 +35,7 @@ from gateway.rollout.controller import RolloutController
 from gateway.rollout.plan import RolloutPlan
 from gateway.rollout.store import EmbeddedRollouts, RedisRollouts, RolloutStore
 from gateway.routing import RoutingState, RoutingTable
-from gateway.runtime import ModelRepository, Runner, load_repository
+from gateway.runtime import ModelRepository, QueuePolicy, Runner, Scheduler, load_repository
 from gateway.service import InferenceService
 from gateway.settings import Settings, load_settings
 from gateway.shadow import ShadowLog, ShadowSink
@@ -53,6 +53,7 @@ class Gateway:
     control: ControlPlane
     shadow_log: ShadowLog
     runner: Runner
+    scheduler: Scheduler
     service: InferenceService
     monitor: Monitor
     rollouts: RolloutController
@@ -98,8 +99,9 @@ class Gateway:
         )
         self.shadow_log.start()
         self.runner = Runner(inline_below_s=settings.inline_run_below_s)
+        self.scheduler = Scheduler(self.runner, queue_policies(settings), self.metrics)
         self.service = InferenceService(
-            repository, table, self.runner, self.metrics, self.shadow_log,
+            repository, table, self.scheduler, self.metrics, self.shadow_log,
             settings.request_timeout_s,
         )  # fmt: skip
         self.monitor = Monitor(
@@ -193,6 +195,10 @@ class Gateway:
         self.repository = repository
         self.service.repository = repository
         self.shadow_log.repository = repository
+        self.scheduler.configure(
+            queue_policies(settings),
+            {session for variants in repository.models.values() for session in variants.values()},
+        )
         self.shadow_log.log_inputs = {n: m.log_inputs for n, m in settings.models.items()}
         self.service.table.replace_all(kept)
         for model, state in kept.items():
@@ -303,6 +309,20 @@ class Gateway:
         if self.settings.redis_url is None:
             return JsonLinesSink(self.settings.data_dir / "shadow")
         return RedisStreamSink(self.settings.redis_url, self.settings.shadow_log_maxlen)
+
+
+def queue_policies(settings: Settings) -> dict[tuple[str, str], QueuePolicy]:
+    """Each variant's queue policy, from its config (README "Batching and admission")."""
+    return {
+        (model, name): QueuePolicy(
+            variant.max_batch_size,
+            variant.max_queue_delay_us / 1e6,
+            variant.preferred_batch_size,
+            variant.max_queue_size,
+        )
+        for model, config in settings.models.items()
+        for name, variant in config.variants.items()
+    }
 
 
 def _initial_states(settings: Settings) -> dict[str, RoutingState]:

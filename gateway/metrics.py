@@ -46,7 +46,8 @@ BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
-_LE = [*map(floatToGoString, BUCKETS), "+Inf"]
+# Rows of a batch run (Triton's batch size): powers of two up to the largest max_batch_size.
+BATCH_BUCKETS = tuple(float(2**n) for n in range(17))
 # Finer buckets that /metrics does not show, for comparing two variants' latency (a rollout's
 # analysis): ten a decade from 10 µs to 100 s, so a quantile is known within about 12%.
 FINE_BUCKETS: tuple[float, ...] = tuple(10.0 ** (n / 10) for n in range(-50, 21))
@@ -79,12 +80,16 @@ class Family:
         histogram: bool,
         extra: int = 0,
         latest: int = 0,
+        buckets: tuple[float, ...] = BUCKETS,
     ) -> None:
         self.name = name
         self.documentation = documentation
         self.labels = labels
         self.histogram = histogram
-        self.width = (_SUM + 1 if histogram else 1) + extra
+        self.buckets = buckets
+        self._le = [*map(floatToGoString, buckets), "+Inf"]
+        self._sum = len(buckets) + 1
+        self.width = (self._sum + 1 if histogram else 1) + extra
         self._added = self.width - latest  # columns before this one add up
         self._values = values
         self.series: dict[Labels, Slot] = {}
@@ -106,8 +111,8 @@ class Family:
         series = self.series.get(labels)
         if series is None:
             series = self.slot(labels)
-        series[bisect_left(BUCKETS, value)] += 1  # the first bucket whose bound is >= value
-        series[_SUM] += value
+        series[bisect_left(self.buckets, value)] += 1  # the first bucket whose bound is >= value
+        series[self._sum] += value
 
     def mine(self) -> Totals:
         """This worker's values."""
@@ -130,10 +135,10 @@ class Family:
         histogram = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
         for labels, values in totals.items():
             cumulative, buckets = 0.0, []
-            for le, count in zip(_LE, values[:_SUM], strict=True):
+            for le, count in zip(self._le, values[: self._sum], strict=True):
                 cumulative += count
                 buckets.append((le, cumulative))
-            histogram.add_metric(labels, buckets, sum_value=values[_SUM])
+            histogram.add_metric(labels, buckets, sum_value=values[self._sum])
         return histogram
 
 
@@ -194,10 +199,24 @@ class Metrics:
             "Rollout decisions: advance, wait, pause, rollback, promote, and the operator's.",
             ["model", "decision"], histogram=False,
         )  # fmt: skip
+        self.batch_size = Family(
+            values, "gateway_batch_size", "Rows of each model run for callers (dynamic batching).",
+            ["model", "variant"], histogram=True, buckets=BATCH_BUCKETS,
+        )  # fmt: skip
+        self.queue_duration = Family(
+            values, "gateway_queue_seconds", "Time a request waited in its variant's queue.",
+            ["model", "variant"], histogram=True,
+        )  # fmt: skip
+        self.rejected_requests = Family(
+            values, "gateway_rejected_requests",
+            "Requests answered at once without a run: queue_full (429) or deadline (504).",
+            ["model", "variant", "reason"], histogram=False,
+        )  # fmt: skip
         self.families = [
             self.requests, self.request_duration, self.inference_duration,
             self.shadow_records, self.shadow_comparisons, self.feedback_counts,
-            self.monitor_drops, self.rollout_decisions,
+            self.monitor_drops, self.rollout_decisions, self.batch_size, self.queue_duration,
+            self.rejected_requests,
         ]  # fmt: skip
         # Shared like the others, not exported: what a rollout's analysis reads besides them.
         self.model_failures = Family(
@@ -260,6 +279,16 @@ class Metrics:
         series[_ROWS] += rows
         series[_FINE + bisect_left(FINE_BUCKETS, seconds)] += 1
         series[_LAST] = time()
+
+    def observe_batch(self, model: str, variant: str, rows: int) -> None:
+        """One model run of a variant's queue, with its rows (README "Batching and admission")."""
+        self.batch_size.observe((model, variant), rows)
+
+    def observe_queue(self, model: str, variant: str, seconds: float) -> None:
+        self.queue_duration.observe((model, variant), seconds)
+
+    def rejected(self, model: str, variant: str, reason: str) -> None:
+        self.rejected_requests.inc((model, variant, reason))
 
     def shadow_record(self, model: str, variant: str, outcome: str) -> None:
         self.shadow_records.inc((model, variant, outcome))

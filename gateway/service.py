@@ -4,12 +4,13 @@ The service knows nothing about HTTP. Side channels (shadow log, metrics) hang o
 called after the answer is known and never raise into the request.
 """
 
+import asyncio
 from collections.abc import Mapping
 
 from gateway.errors import BadRequest, ModelRefused, NotFound, Unavailable
 from gateway.metrics import Metrics
 from gateway.routing import Route, RoutingTable, choose_variant, sample_shadows
-from gateway.runtime import ModelRepository, ModelSession, Runner, batch_rows
+from gateway.runtime import ModelRepository, ModelSession, Scheduler, batch_rows
 from gateway.shadow import Observe, ShadowJob, ShadowLog
 from gateway.types import InferRequest, InferResult
 
@@ -23,14 +24,14 @@ class InferenceService:
         self,
         repository: ModelRepository,
         table: RoutingTable,
-        runner: Runner,
+        scheduler: Scheduler,
         metrics: Metrics,
         shadow_log: ShadowLog,
         timeout: float,
     ) -> None:
         self.repository = repository
         self.table = table
-        self.runner = runner
+        self.scheduler = scheduler
         self.metrics = metrics
         self.shadow_log = shadow_log
         self.timeout = timeout
@@ -79,9 +80,11 @@ class InferenceService:
         session.validate(request.inputs)
         names = _output_names(session, request)
         rows = batch_rows(request.inputs)
+        timeout = min(self.timeout, request.timeout_s or self.timeout)
+        deadline = asyncio.get_running_loop().time() + timeout
         try:
-            outputs, elapsed = await self.runner.run(
-                session, request.inputs, names, self.timeout, rows
+            outputs, elapsed = await self.scheduler.run(
+                session, request.inputs, names, rows, deadline
             )
         except ModelRefused:
             self.metrics.model_failure(session.model, route.variant, route.role)

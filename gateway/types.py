@@ -59,6 +59,7 @@ class InferRequest(NamedTuple):
     outputs: tuple[RequestedOutput, ...] | None = None
     binary_outputs: bool = False
     columnar: bool = False  # v1 only: answer `{"outputs"}` (TF Serving's columnar format)
+    timeout_s: float | None = None  # v2 `parameters.timeout` (Triton's, sent in microseconds)
 
 
 class InferResult(NamedTuple):

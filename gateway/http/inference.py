@@ -74,6 +74,7 @@ class InferenceEndpoint:
         header_id = headers.get(b"x-request-id")
         request_id = "" if header_id is None else (_header_safe(header_id.decode("latin-1")) or "")
         route: Route | None = None
+        extra: RawHeaders = []
         try:
             service = service_of(app)
             model: str = scope["path_params"]["model"]
@@ -86,6 +87,7 @@ class InferenceEndpoint:
             status = 200
         except GatewayError as exc:
             status, payload, content = exc.status_code, _error(exc.message), JSON
+            extra = [(name.encode(), value.encode()) for name, value in exc.headers]
             request_id = request_id or new_request_id()
         except Exception:
             log.exception("unexpected error on POST %s", scope["path"])
@@ -96,7 +98,7 @@ class InferenceEndpoint:
             payload, content = _compressed(payload, content, accept)
         if route is not None:  # counted before the answer leaves, so a scrape after it sees it
             self._record(app, model, route, status, request_id, time.perf_counter() - started)
-        await _send(send, status, payload, [*content, *_route_headers(route, request_id)])
+        await _send(send, status, payload, [*content, *extra, *_route_headers(route, request_id)])
 
     async def _answer(
         self,

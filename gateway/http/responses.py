@@ -33,7 +33,7 @@ def error_response(
 
 async def gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
-    return error_response(exc.status_code, exc.message)
+    return error_response(exc.status_code, exc.message, dict(exc.headers) or None)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

@@ -49,11 +49,13 @@ def decode_request(body: bytes, header_length: str | None = None) -> InferReques
     if used != len(binary):
         raise BadRequest(f"{len(binary) - used} bytes of binary data follow the tensors declared")
     outputs = document.get("outputs")
+    has_parameters = "parameters" in document
     return InferRequest(
         _request_id(document.get("id")),
         inputs,
         None if outputs is None else _decode_outputs(outputs),
-        "parameters" in document and bool(_flag(document, "binary_data_output", "the request")),
+        has_parameters and bool(_flag(document, "binary_data_output", "the request")),
+        timeout_s=_timeout(document) if has_parameters else None,
     )
 
 
@@ -185,6 +187,21 @@ def _flag(document: dict[str, Any], parameter: str, where: str) -> bool | None:
             f"{where}: parameter {parameter!r} must be true or false, got {repr(value)[:40]}"
         )
     return value
+
+
+def _timeout(document: dict[str, Any]) -> float | None:
+    """The request's own deadline in seconds, from Triton's `timeout` parameter (an integer
+    number of microseconds; 0 or absent: the server's). Triton's schedule policy extension,
+    docs/protocol/extension_schedule_policy.md."""
+    value = _parameters(document).get("timeout")
+    if value is None:
+        return None
+    if type(value) is not int or value < 0:
+        raise BadRequest(
+            "parameter 'timeout' must be a whole number of microseconds, 0 or more, "
+            f"got {repr(value)[:40]}"
+        )
+    return value / 1e6 if value else None
 
 
 def _parameters(document: dict[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""onnxruntime sessions: load, warm up, validate inputs, run off the event loop."""
+"""onnxruntime sessions: load, warm up, validate inputs, queue, batch and run off the event loop."""
 
+from gateway.runtime.batcher import QueueObserver, QueuePolicy, Scheduler
 from gateway.runtime.repository import ModelRepository, load_repository
 from gateway.runtime.runner import Runner, batch_rows, run_checked
 from gateway.runtime.session import ModelSession
@@ -7,7 +8,10 @@ from gateway.runtime.session import ModelSession
 __all__ = [
     "ModelRepository",
     "ModelSession",
+    "QueueObserver",
+    "QueuePolicy",
     "Runner",
+    "Scheduler",
     "batch_rows",
     "load_repository",
     "run_checked",

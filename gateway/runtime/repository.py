@@ -83,6 +83,8 @@ def _load_model(
             session = ModelSession(name, variant, path, same_file=loaded.get(key) or session)
             session.warm_up()
             log.info("loaded model %s variant %s from %s", name, variant, path)
+        if spec.max_batch_size:
+            session.check_batching(spec.max_batch_size)
         loaded.setdefault(key, session)
         sessions[variant] = session
     _check_same_inputs(name, config.routing.live, sessions)

@@ -1,4 +1,4 @@
-"""Run sessions with a deadline, off the event loop unless the run is known to be tiny."""
+"""Run sessions on the event loop when the run is known to be tiny, else on a thread."""
 
 import asyncio
 import os
@@ -18,9 +18,9 @@ Outputs = dict[str, np.ndarray]
 class Runner:
     """Runs model sessions in worker threads; onnxruntime releases the GIL while it computes.
 
-    The pool has one thread per core: that bounds how many runs compete for the CPU at once (each
-    session uses one intra-op thread), and requests beyond it wait in the pool's queue, where
-    their time counts against the request timeout.
+    The pool has one thread per usable core: that bounds how many runs compete for the CPU at
+    once (each session uses one intra-op thread). Requests beyond it wait in their variant's
+    queue (`gateway.runtime.batcher`), where their time counts against their deadline.
 
     Handing a run to a thread and back costs tens of microseconds of context switches, more than
     a small model's whole run. So a run whose expected duration (from the variant's own past runs,
@@ -29,37 +29,43 @@ class Runner:
     """
 
     def __init__(self, threads: int | None = None, inline_below_s: float = 0.0) -> None:
-        self.threads = threads or os.cpu_count() or 1
+        self.threads = threads or _usable_cores()
         self.inline_below_s = inline_below_s
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="gateway-infer")
 
-    async def run(
+    def inline(self, session: ModelSession, rows: int) -> bool:
+        """Whether a run of `rows` rows is expected to be short enough to run on the loop."""
+        return session.expected_seconds(rows) < self.inline_below_s
+
+    def run_inline(
+        self, session: ModelSession, inputs: Outputs, output_names: list[str], rows: int
+    ) -> tuple[Outputs, float]:
+        """The outputs and the run's own duration, run on the calling (event-loop) thread."""
+        return _timed_run(session, inputs, output_names, None, rows)
+
+    async def run_threaded(
         self,
         session: ModelSession,
         inputs: Outputs,
         output_names: list[str],
         timeout: float,
-        rows: int | None = None,
+        rows: int,
     ) -> tuple[Outputs, float]:
-        """The outputs and the run's own duration; InferenceTimeout after `timeout` seconds.
-        `rows`: the inputs' batch rows, when the caller has counted them already."""
-        if rows is None:
-            rows = batch_rows(inputs)
-        if session.expected_seconds(rows) < self.inline_below_s:
-            return _timed_run(session, inputs, output_names, None, rows)
+        """The outputs and the run's own duration, run on a worker thread; InferenceTimeout
+        after `timeout` seconds, when onnxruntime is told to stop the run."""
         options = ort.RunOptions()
         future = asyncio.get_running_loop().run_in_executor(
             self._pool, _timed_run, session, inputs, output_names, options, rows
         )
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(max(timeout, 0.0)):
                 return await future
         except TimeoutError:
             # Tell onnxruntime to stop at the next node, so the thread is freed for others.
             options.terminate = True
             raise InferenceTimeout(
-                f"inference of model {session.model!r} variant {session.variant!r} took longer "
-                f"than the request timeout of {timeout} s"
+                f"inference of model {session.model!r} variant {session.variant!r} did not end "
+                "within the request timeout"
             ) from None
 
     def close(self) -> None:
@@ -94,6 +100,14 @@ def run_checked(
         # The inputs matched the model's declared metadata but not what its nodes accept
         # (data-dependent shapes): the request's fault, as in Triton, not the server's.
         raise ModelRefused(f"the model failed on these inputs: {_first_line(exc)}") from None
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on (a container's or taskset's limit), at least 1."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def batch_rows(inputs: Outputs) -> int:

@@ -134,6 +134,27 @@ class ModelSession:
         results = self._run(output_names, inputs, options)
         return dict(zip(output_names, results, strict=True))
 
+    def check_batching(self, max_batch_size: int) -> None:
+        """ConfigError unless requests can be joined on the first dimension of every input and
+        split on the first dimension of every output (README "Batching and admission")."""
+        where = f"model {self.model!r}, variant {self.variant!r}: max_batch_size {max_batch_size}"
+        for spec in self.inputs:
+            if not spec.shape or spec.shape[0] != -1:
+                raise ConfigError(
+                    f"{where} needs a dynamic first (batch) dimension on every input; input "
+                    f"{spec.name!r} has shape {list(spec.shape)}"
+                )
+        feeds = {
+            spec.name: np.zeros([2, *(1 if dim < 0 else dim for dim in spec.shape[1:])], spec.dtype)
+            for spec in self.inputs
+        }
+        for name, array in self.run(feeds, self.output_names).items():
+            if array.ndim == 0 or array.shape[0] != 2:
+                raise ConfigError(
+                    f"{where}: output {name!r} does not keep the batch dimension first (2 rows in "
+                    f"gave shape {list(array.shape)}), so a batch's answers cannot be split"
+                )
+
     def warm_up(self) -> None:
         """Run a batch of zeros a few times so the first real request pays no one-off costs."""
         feeds = {

@@ -78,6 +78,9 @@ def exported() -> dict[str, frozenset[str]]:
     metrics.feedback("m", "blue", "joined", 1)
     metrics.monitor_dropped("m")
     metrics.rollout_decision("m", "advance")
+    metrics.observe_batch("m", "blue", 4)
+    metrics.observe_queue("m", "blue", 0.001)
+    metrics.rejected("m", "blue", "queue_full")
     registry.register(MonitoringGauges())
     registry.register(RolloutGauges())
     series: dict[str, set[str]] = {}

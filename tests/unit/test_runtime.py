@@ -8,10 +8,12 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from prometheus_client import CollectorRegistry
 from support import MODELS, make_slow_model
 
 from gateway.errors import BadRequest, ConfigError, InferenceTimeout, NotFound
-from gateway.runtime import ModelSession, Runner, load_repository
+from gateway.metrics import Metrics
+from gateway.runtime import ModelSession, Runner, Scheduler, load_repository
 from gateway.settings import Settings
 
 IRIS = MODELS / "iris" / "1" / "model.onnx"
@@ -117,14 +119,16 @@ async def test_runner_answers_and_times_out(tmp_path: Path) -> None:
     runner = Runner(2)
     iris = ModelSession("iris", "blue", IRIS)
     row = {"input": np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)}
-    out, seconds = await runner.run(iris, row, ["label"], 5.0)
+    out, seconds = await runner.run_threaded(iris, row, ["label"], 5.0, 1)
     assert out["label"].tolist() == [0] and 0 < seconds < 5
     make_slow_model(tmp_path / "slow.onnx")
     slow = ModelSession("m", "slow", tmp_path / "slow.onnx")
-    with pytest.raises(InferenceTimeout, match="longer than the request timeout"):
-        await runner.run(slow, {"input": np.zeros((1, 4), np.float32)}, ["scores"], 0.02)
+    with pytest.raises(InferenceTimeout, match="did not end within the request timeout"):
+        await runner.run_threaded(
+            slow, {"input": np.zeros((1, 4), np.float32)}, ["scores"], 0.02, 1
+        )
     # The terminated run frees its thread: a normal run still completes promptly afterwards.
-    out, _ = await asyncio.wait_for(runner.run(iris, row, ["label"], 5.0), 5)
+    out, _ = await asyncio.wait_for(runner.run_threaded(iris, row, ["label"], 5.0, 1), 5)
     assert out["label"].tolist() == [0]
     runner.close()
 
@@ -132,6 +136,8 @@ async def test_runner_answers_and_times_out(tmp_path: Path) -> None:
 async def test_cheap_runs_stay_inline_and_slow_ones_go_to_threads(tmp_path: Path) -> None:
     """Only variants whose measured cost is under the threshold run on the event loop thread."""
     runner = Runner(2, inline_below_s=0.0005)
+    scheduler = Scheduler(runner, {}, Metrics(CollectorRegistry()))
+    deadline = asyncio.get_running_loop().time() + 5.0
     iris = ModelSession("iris", "blue", IRIS)
     iris.warm_up()
     make_slow_model(tmp_path / "slow.onnx")
@@ -148,8 +154,8 @@ async def test_cheap_runs_stay_inline_and_slow_ones_go_to_threads(tmp_path: Path
 
     ModelSession.run = spy  # type: ignore[method-assign]
     try:
-        await runner.run(iris, {"input": np.zeros((1, 4), np.float32)}, ["label"], 5.0)
-        await runner.run(slow, {"input": np.zeros((1, 4), np.float32)}, ["scores"], 5.0)
+        await scheduler.run(iris, {"input": np.zeros((1, 4), np.float32)}, ["label"], 1, deadline)
+        await scheduler.run(slow, {"input": np.zeros((1, 4), np.float32)}, ["scores"], 1, deadline)
     finally:
         ModelSession.run = original  # type: ignore[method-assign]
     assert threads[0] == threading.current_thread().name

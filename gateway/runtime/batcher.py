@@ -1,0 +1,372 @@
+"""Per-variant queues: admission control, deadlines and dynamic batching (README "Batching and
+admission").
+
+A request for a variant whose runs go to threads waits in that variant's queue until one of its
+`slots` (one per runner thread) is free. The queue answers at once, rather than letting a request
+wait for nothing:
+
+- 429 (`QueueFull`, with Retry-After) when `max_queue_size` requests already wait (Triton's
+  `default_queue_policy.max_queue_size`; Ray Serve's `max_queued_requests` answers the same way);
+- 504 (`InferenceTimeout`) when the work ahead of it, at the variant's measured cost per row,
+  would not end before its deadline; and at its deadline, if it is still waiting then.
+
+With `max_batch_size` > 0 (Triton's dynamic batcher), a free slot takes the oldest request and
+every later one with the same inputs (names, datatypes and every dimension but the first) and the
+same requested outputs, up to `max_batch_size` rows, runs them as one onnxruntime call on a
+thread and hands each caller its own rows of every output. A request larger than
+`max_batch_size` runs alone.
+
+When to wait for a fuller batch is where batchers differ. Triton waits up to
+`max_queue_delay_microseconds` for a preferred size; BentoML's batcher was criticised for making a
+lone request wait for a batch that never fills. Here a request waits for others only while the
+previous batch had more rows than are queued now, which tells that concurrent callers exist, and
+never past `max_queue_delay_us` after it arrived. A lone caller (c=1) therefore never waits: its
+request runs as soon as a slot is free.
+"""
+
+import asyncio
+import collections
+import math
+from collections.abc import Hashable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
+
+import numpy as np
+
+from gateway.errors import InferenceTimeout, ModelRefused, QueueFull
+from gateway.runtime.runner import Outputs, Runner
+from gateway.runtime.session import ModelSession
+
+ROW_COST_SMOOTHING = 0.2  # weight of the newest batch in the running cost per row
+
+
+class QueuePolicy(NamedTuple):
+    """A variant's queue, from its config (Triton's names; README "Batching and admission")."""
+
+    max_batch_size: int = 0  # rows a batch may hold; 0: no batching
+    max_queue_delay_s: float = 0.0
+    preferred_batch_size: tuple[int, ...] = ()
+    max_queue_size: int = 0  # requests waiting at most; 0: no bound
+
+    @property
+    def batching(self) -> bool:
+        return self.max_batch_size > 0
+
+
+class QueueObserver(Protocol):
+    """Where a queue reports what it does (the gateway's metrics)."""
+
+    def observe_batch(self, model: str, variant: str, rows: int) -> None: ...
+
+    def observe_queue(self, model: str, variant: str, seconds: float) -> None: ...
+
+    def rejected(self, model: str, variant: str, reason: str) -> None: ...
+
+
+@dataclass(eq=False, slots=True)
+class _Waiting:
+    """One request in a queue, and the future its caller awaits."""
+
+    key: Hashable
+    inputs: Outputs
+    rows: int
+    names: list[str]
+    deadline: float  # event-loop time
+    arrived: float
+    future: asyncio.Future[tuple[Outputs, float]] = field(repr=False)
+
+
+class VariantQueue:
+    """The queue of one variant (one ModelSession); used on the event loop only."""
+
+    def __init__(
+        self,
+        session: ModelSession,
+        policy: QueuePolicy,
+        runner: Runner,
+        observer: QueueObserver,
+    ) -> None:
+        self.session = session
+        self.policy = policy
+        self._runner = runner
+        self._observer = observer
+        self._slots = runner.threads
+        self._waiting: collections.deque[_Waiting] = collections.deque()
+        self._queued_rows = 0
+        self._running = 0  # batches on threads now
+        self._running_rows = 0
+        self._last_rows = 1  # rows of the last batch run: how many callers are about
+        self._row_seconds = session.seconds_per_row  # measured cost of a row, batched as served
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(
+        self, inputs: Outputs, names: list[str], rows: int, deadline: float
+    ) -> tuple[Outputs, float]:
+        """The outputs of `inputs` and the duration of the run that made them.
+
+        Raises QueueFull (429) or InferenceTimeout (504) as the module says, ModelRefused (400)
+        when the model refuses these inputs, InferenceTimeout when the run outlasts `deadline`
+        (event-loop time)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._admit(rows, now, deadline)
+        waiting = _Waiting(
+            self._key(inputs, names, rows), inputs, rows, names, deadline, now, loop.create_future()
+        )
+        self._waiting.append(waiting)
+        self._queued_rows += rows
+        self._dispatch()
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await waiting.future  # cancelled with the caller: a batch skips it
+        except TimeoutError:
+            raise self._expired(waiting) from None
+
+    def _admit(self, rows: int, now: float, deadline: float) -> None:
+        model, variant = self.session.model, self.session.variant
+        limit = self.policy.max_queue_size
+        if limit and len(self._waiting) >= limit:
+            self._observer.rejected(model, variant, "queue_full")
+            raise QueueFull(
+                f"model {model!r} variant {variant!r}: {limit} requests are already waiting "
+                "(max_queue_size); retry later",
+                retry_after_s=max(1, math.ceil(self._backlog_seconds())),
+            )
+        backlog, own = self._backlog_seconds(), rows * self._row_seconds
+        if now + backlog + own > deadline:
+            self._observer.rejected(model, variant, "deadline")
+            raise InferenceTimeout(
+                f"model {model!r} variant {variant!r}: the requests ahead of this one would take "
+                f"{backlog:.3f} s and its own run about {own:.3f} s, more than the "
+                f"{max(deadline - now, 0):.3f} s left before its deadline (the request timeout)"
+            )
+
+    def _backlog_seconds(self) -> float:
+        """How long the work queued and running would take the slots, at the measured cost."""
+        return (self._queued_rows + self._running_rows) * self._row_seconds / self._slots
+
+    def _expired(self, waiting: _Waiting) -> InferenceTimeout:
+        model, variant = self.session.model, self.session.variant
+        try:
+            self._waiting.remove(waiting)
+        except ValueError:  # already running: the run itself was too slow
+            return InferenceTimeout(
+                f"inference of model {model!r} variant {variant!r} did not end within the "
+                "request's deadline"
+            )
+        self._queued_rows -= waiting.rows
+        self._observer.rejected(model, variant, "deadline")
+        return InferenceTimeout(
+            f"model {model!r} variant {variant!r}: the request waited in the queue until its "
+            "deadline (the request timeout)"
+        )
+
+    def _key(self, inputs: Outputs, names: list[str], rows: int) -> Hashable:
+        """Requests with equal keys may share a batch; a key of None never shares one."""
+        if not self.policy.batching or rows > self.policy.max_batch_size:
+            return None
+        parts: list[Hashable] = [tuple(names)]
+        for name, array in inputs.items():
+            if array.ndim == 0 or array.shape[0] != rows or rows == 0:
+                return None  # no common batch dimension to join on
+            parts.append((name, array.dtype.str, array.shape[1:]))
+        return tuple(parts)
+
+    def _dispatch(self) -> None:
+        """Start batches while slots are free and waiting for a fuller one is not worth it."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        loop = asyncio.get_running_loop()
+        while self._running < self._slots and self._waiting:
+            head = self._waiting[0]
+            batch = self._gather(head)
+            rows = sum(waiting.rows for waiting in batch)
+            wait_until = head.arrived + self.policy.max_queue_delay_s
+            if self._worth_waiting(rows) and loop.time() < wait_until:
+                self._timer = loop.call_at(wait_until, self._dispatch)
+                return
+            self._start(batch, rows)
+
+    def _gather(self, head: _Waiting) -> list[_Waiting]:
+        """The head and the later requests that may join it, oldest first, within the caps."""
+        if head.key is None:
+            return [head]
+        batch, rows = [head], head.rows
+        for waiting in self._joinable(head):
+            if rows + waiting.rows <= self.policy.max_batch_size:
+                batch.append(waiting)
+                rows += waiting.rows
+        return self._preferred_cut(batch, rows)
+
+    def _joinable(self, head: _Waiting) -> Iterator[_Waiting]:
+        it = iter(self._waiting)
+        next(it)  # the head itself
+        return (waiting for waiting in it if waiting.key == head.key)
+
+    def _preferred_cut(self, batch: list[_Waiting], rows: int) -> list[_Waiting]:
+        """Cut the batch at the largest preferred size it reaches, if any (Triton's rule)."""
+        preferred = self.policy.preferred_batch_size
+        if not preferred or rows in preferred:
+            return batch
+        total, best = 0, 0
+        for index, waiting in enumerate(batch):
+            total += waiting.rows
+            if total in preferred:
+                best = index + 1
+        return batch[:best] if best else batch
+
+    def _worth_waiting(self, rows: int) -> bool:
+        policy = self.policy
+        if not policy.batching or policy.max_queue_delay_s <= 0:
+            return False
+        cap = max(policy.preferred_batch_size, default=policy.max_batch_size)
+        return rows < min(cap, self._last_rows)
+
+    def _start(self, batch: list[_Waiting], rows: int) -> None:
+        taken = {id(waiting) for waiting in batch}
+        if len(batch) == 1:
+            self._waiting.popleft()
+        else:
+            self._waiting = collections.deque(w for w in self._waiting if id(w) not in taken)
+        self._queued_rows -= rows
+        self._running += 1
+        self._running_rows += rows
+        self._last_rows = rows
+        task = asyncio.get_running_loop().create_task(self._run_batch(batch, rows))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_batch(self, batch: list[_Waiting], rows: int) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        model, variant = self.session.model, self.session.variant
+        for waiting in batch:
+            self._observer.observe_queue(model, variant, now - waiting.arrived)
+        self._observer.observe_batch(model, variant, rows)
+        try:
+            if len(batch) == 1:
+                await self._run_alone(batch[0])
+            else:
+                await self._run_together(batch, rows, max(w.deadline for w in batch) - now)
+        finally:
+            self._running -= 1
+            self._running_rows -= rows
+            self._dispatch()
+
+    async def _run_together(self, batch: list[_Waiting], rows: int, timeout: float) -> None:
+        names = batch[0].names
+        joined = {
+            name: np.concatenate([waiting.inputs[name] for waiting in batch])
+            for name in batch[0].inputs
+        }
+        try:
+            outputs, seconds = await self._runner.run_threaded(
+                self.session, joined, names, timeout, rows
+            )
+        except ModelRefused:
+            # One request's data may be what the model refuses: run each alone, so that only
+            # the requests the model refuses fail.
+            await self._each_alone(batch)
+            return
+        except Exception as exc:
+            for waiting in batch:
+                _settle(waiting, exc)
+            return
+        if any(array.ndim == 0 or array.shape[0] != rows for array in outputs.values()):
+            await self._each_alone(batch)  # an output without the batch dimension: no split
+            return
+        self._learn(seconds, rows)
+        start = 0
+        for waiting in batch:
+            end = start + waiting.rows
+            _settle(waiting, ({name: array[start:end] for name, array in outputs.items()}, seconds))
+            start = end
+
+    async def _each_alone(self, batch: list[_Waiting]) -> None:
+        for waiting in batch:
+            await self._run_alone(waiting)
+
+    async def _run_alone(self, waiting: _Waiting) -> None:
+        if waiting.future.done():  # its caller's deadline passed meanwhile
+            return
+        timeout = waiting.deadline - asyncio.get_running_loop().time()
+        try:
+            result = await self._runner.run_threaded(
+                self.session, waiting.inputs, waiting.names, timeout, waiting.rows
+            )
+        except Exception as exc:
+            _settle(waiting, exc)
+            return
+        self._learn(result[1], waiting.rows)
+        _settle(waiting, result)
+
+    def _learn(self, seconds: float, rows: int) -> None:
+        per_row = seconds / max(rows, 1)
+        self._row_seconds += ROW_COST_SMOOTHING * (per_row - self._row_seconds)
+
+
+def _settle(waiting: _Waiting, outcome: tuple[Outputs, float] | BaseException) -> None:
+    if waiting.future.done():
+        return
+    if isinstance(outcome, BaseException):
+        waiting.future.set_exception(outcome)
+    else:
+        waiting.future.set_result(outcome)
+
+
+class Scheduler:
+    """Sends each run inline, to a thread, or through its variant's queue.
+
+    A variant without batching whose runs are expected to be shorter than the runner's inline
+    threshold runs on the event loop (`Runner.run`); every other run goes through the variant's
+    `VariantQueue`. Queues are made on first use and follow reloads: a session that a reload
+    replaced keeps its queue until its last request has left.
+    """
+
+    def __init__(
+        self,
+        runner: Runner,
+        policies: Mapping[tuple[str, str], QueuePolicy],
+        observer: QueueObserver,
+    ) -> None:
+        self.runner = runner
+        self._observer = observer
+        self._policies = dict(policies)
+        self._queues: dict[ModelSession, VariantQueue] = {}
+
+    def policy(self, model: str, variant: str) -> QueuePolicy:
+        return self._policies.get((model, variant), _NO_BATCHING)
+
+    def configure(
+        self, policies: Mapping[tuple[str, str], QueuePolicy], sessions: set[ModelSession]
+    ) -> None:
+        """After a reload: new policies; forget the queues of sessions no longer served."""
+        self._policies = dict(policies)
+        self._queues = {
+            session: queue
+            for session, queue in self._queues.items()
+            if session in sessions and queue.policy == self.policy(session.model, session.variant)
+        }
+
+    async def run(
+        self,
+        session: ModelSession,
+        inputs: Outputs,
+        names: list[str],
+        rows: int,
+        deadline: float,
+    ) -> tuple[Outputs, float]:
+        """The outputs and the model run's duration; errors as `VariantQueue.run` says."""
+        queue = self._queues.get(session)
+        policy = self.policy(session.model, session.variant) if queue is None else queue.policy
+        if not policy.batching and self.runner.inline(session, rows):
+            return self.runner.run_inline(session, inputs, names, rows)
+        if queue is None:
+            queue = VariantQueue(session, policy, self.runner, self._observer)
+            self._queues[session] = queue
+        return await queue.run(inputs, names, rows, deadline)
+
+
+_NO_BATCHING = QueuePolicy()
