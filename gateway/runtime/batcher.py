@@ -19,9 +19,9 @@ thread and hands each caller its own rows of every output. A request larger than
 When to wait for a fuller batch is where batchers differ. Triton waits up to
 `max_queue_delay_microseconds` for a preferred size; BentoML's batcher was criticised for making a
 lone request wait for a batch that never fills. Here a request waits for others only while the
-previous batch had more rows than are queued now, which tells that concurrent callers exist, and
-never past `max_queue_delay_us` after it arrived. A lone caller (c=1) therefore never waits: its
-request runs as soon as a slot is free.
+variant has recently had more requests outstanding (queued or running) than are queued and
+running now, which tells that concurrent callers exist, and never past `max_queue_delay_us` after
+it arrived. A lone caller (c=1) therefore never waits: its request runs as soon as a slot is free.
 """
 
 import asyncio
@@ -38,6 +38,7 @@ from gateway.runtime.runner import Outputs, Runner
 from gateway.runtime.session import ModelSession
 
 ROW_COST_SMOOTHING = 0.2  # weight of the newest batch in the running cost per row
+DEMAND_WINDOW_S = 1.0  # the most rows outstanding at once is remembered for one to two windows
 
 
 class QueuePolicy(NamedTuple):
@@ -95,7 +96,10 @@ class VariantQueue:
         self._queued_rows = 0
         self._running = 0  # batches on threads now
         self._running_rows = 0
-        self._last_rows = 1  # rows of the last batch run: how many callers are about
+        # The most rows outstanding (queued or running) at once, in this window and the last:
+        # how many concurrent callers are about.
+        self._peaks = (0, 0)
+        self._window_ends = 0.0
         self._row_seconds = session.seconds_per_row  # measured cost of a row, batched as served
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -116,6 +120,7 @@ class VariantQueue:
         )
         self._waiting.append(waiting)
         self._queued_rows += rows
+        self._note_demand(now)
         self._dispatch()
         try:
             async with asyncio.timeout_at(deadline):
@@ -217,12 +222,23 @@ class VariantQueue:
                 best = index + 1
         return batch[:best] if best else batch
 
+    def _note_demand(self, now: float) -> None:
+        outstanding = self._queued_rows + self._running_rows
+        current, previous = self._peaks
+        if now >= self._window_ends:
+            recent = now < self._window_ends + DEMAND_WINDOW_S
+            self._peaks = (outstanding, current if recent else 0)
+            self._window_ends = now + DEMAND_WINDOW_S
+        elif outstanding > current:
+            self._peaks = (outstanding, previous)
+
     def _worth_waiting(self, rows: int) -> bool:
+        """Whether callers are about who would make this batch fuller (the module says why)."""
         policy = self.policy
         if not policy.batching or policy.max_queue_delay_s <= 0:
             return False
         cap = max(policy.preferred_batch_size, default=policy.max_batch_size)
-        return rows < min(cap, self._last_rows)
+        return rows < min(cap, max(self._peaks) - self._running_rows)
 
     def _start(self, batch: list[_Waiting], rows: int) -> None:
         taken = {id(waiting) for waiting in batch}
@@ -233,7 +249,6 @@ class VariantQueue:
         self._queued_rows -= rows
         self._running += 1
         self._running_rows += rows
-        self._last_rows = rows
         task = asyncio.get_running_loop().create_task(self._run_batch(batch, rows))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
