@@ -96,6 +96,7 @@ class Gateway:
             log_inputs={name: model.log_inputs for name, model in settings.models.items()},
             queue_size=settings.shadow_queue_size,
             concurrency=settings.shadow_concurrency,
+            max_batch_size=_max_batch_sizes(settings),
         )
         self.shadow_log.start()
         self.runner = Runner(inline_below_s=settings.inline_run_below_s)
@@ -200,6 +201,7 @@ class Gateway:
             {session for variants in repository.models.values() for session in variants.values()},
         )
         self.shadow_log.log_inputs = {n: m.log_inputs for n, m in settings.models.items()}
+        self.shadow_log.max_batch_size = _max_batch_sizes(settings)
         self.service.table.replace_all(kept)
         for model, state in kept.items():
             self._publish_routing(model, state)
@@ -323,6 +325,10 @@ def queue_policies(settings: Settings) -> dict[tuple[str, str], QueuePolicy]:
         for model, config in settings.models.items()
         for name, variant in config.variants.items()
     }
+
+
+def _max_batch_sizes(settings: Settings) -> dict[tuple[str, str], int]:
+    return {key: policy.max_batch_size for key, policy in queue_policies(settings).items()}
 
 
 def _initial_states(settings: Settings) -> dict[str, RoutingState]:

@@ -123,9 +123,12 @@ class ShadowLog:
         log_inputs: Mapping[str, bool],
         queue_size: int,
         concurrency: int,
+        max_batch_size: Mapping[tuple[str, str], int] | None = None,
     ) -> None:
         self.repository = repository
         self.log_inputs = dict(log_inputs)
+        # Rows a shadow run may join, by (model, variant): the variant's own max_batch_size.
+        self.max_batch_size = dict(max_batch_size or {})
         self._sink = sink
         self._metrics = metrics
         self._queue_size = queue_size
@@ -189,34 +192,74 @@ class ShadowLog:
     def _work(self) -> None:
         background_priority()
         thread = threading.get_ident()
-        while (job := self._jobs.get()) is not None:
+        later: collections.deque[ShadowJob | None] = collections.deque()  # taken, not joinable
+        while (job := later.popleft() if later else self._jobs.get()) is not None:
+            jobs = self._joined(job, later)
             options = ort.RunOptions()
             self._running[thread] = (job, options)
-            record: Record | None = None
-            outputs: dict[str, np.ndarray] = {}
+            done: list[Finished] = [(each, None, {}) for each in jobs]
             try:
-                record, outputs = self._run(job, options)
+                done = self._run(jobs, options)
             except Exception:  # a broken shadow must never stop the thread
                 log.exception("shadow run of %s/%s failed", job.model, job.variant)
             finally:
                 del self._running[thread]
-            self._finished.append((job, record, outputs))
+            self._finished.extend(done)
 
-    def _run(self, job: ShadowJob, options: ort.RunOptions) -> tuple[Record, dict[str, np.ndarray]]:
+    def _joined(
+        self, job: ShadowJob, later: collections.deque[ShadowJob | None]
+    ) -> list[ShadowJob]:
+        """`job` and the queued jobs that can run with it as one batch (README "Batching and
+        admission": shadows batch too), taking what is waiting now and never waiting for more.
+        Jobs taken that cannot join go to `later`, in order."""
+        limit = self.max_batch_size.get((job.model, job.variant), 0)
+        key = _batch_key(job)
+        if not limit or key is None:
+            return [job]
+        jobs, rows = [job], _rows(job)
+        while rows < limit and not self._jobs.empty():
+            other = self._jobs.get_nowait()
+            if other is not None and _batch_key(other) == key and rows + _rows(other) <= limit:
+                jobs.append(other)
+                rows += _rows(other)
+            else:
+                later.append(other)
+                if other is None:
+                    break
+        return jobs
+
+    def _run(self, jobs: list[ShadowJob], options: ort.RunOptions) -> list[Finished]:
+        """Run `jobs` (one batch) and make each one's record; a batch that fails runs each job
+        alone, so that only the jobs the model refuses fail."""
+        job = jobs[0]
         session = self.repository.session(job.model, job.variant)
         pairs = compared_outputs(job.live, session.output_names)
         names = [shadow for _, shadow in pairs] or session.output_names
+        inputs = job.inputs
+        if len(jobs) > 1:
+            inputs = {name: np.concatenate([each.inputs[name] for each in jobs]) for name in inputs}
         # The thread's own CPU time: at background priority the wall time would also count
         # every live request that took the core in between.
         started = time.thread_time()
         error = None
         try:
-            outputs = run_checked(session, job.inputs, names, options)
+            outputs = run_checked(session, inputs, names, options)
         except GatewayError as exc:
+            if len(jobs) > 1:
+                return [done for each in jobs for done in self._run([each], options)]
             outputs, error = {}, exc.message
         seconds = time.thread_time() - started
-        yield_gil()  # between the run and the comparison and encoding
-        return self._record(job, outputs, pairs, seconds, error), outputs
+        yield_gil()  # between the run and the comparisons and encoding
+        if len(jobs) == 1:
+            return [(job, self._record(job, outputs, pairs, seconds, error), outputs)]
+        finished: list[Finished] = []
+        start = 0
+        for each in jobs:
+            end = start + _rows(each)
+            own = {name: array[start:end] for name, array in outputs.items()}
+            finished.append((each, self._record(each, own, pairs, seconds, error), own))
+            start = end
+        return finished
 
     def _record(
         self,
@@ -296,6 +339,22 @@ class ShadowLog:
                 if "error" not in record:
                     self._metrics.shadow_record(model, record["shadow_variant"], "logged")
         return True
+
+
+def _rows(job: ShadowJob) -> int:
+    """The batch rows of a job that has a batch key."""
+    return int(next(iter(job.inputs.values())).shape[0])
+
+
+def _batch_key(job: ShadowJob) -> tuple[object, ...] | None:
+    """Jobs with equal keys may run as one batch; None: this job runs alone."""
+    if not job.inputs or any(array.ndim == 0 for array in job.inputs.values()):
+        return None
+    rows = _rows(job)
+    if not rows or any(array.shape[0] != rows for array in job.inputs.values()):
+        return None
+    shapes = tuple((name, array.dtype.str, array.shape[1:]) for name, array in job.inputs.items())
+    return job.model, job.variant, tuple(job.live.outputs), shapes
 
 
 def background_priority() -> None:

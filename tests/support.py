@@ -81,6 +81,32 @@ def _save(graph: onnx.GraphProto, path: Path) -> None:
     onnx.save(model, str(path))
 
 
+def make_echo_model(path: Path) -> Path:
+    """x [batch, width] FP32 -> double = 2x, total = row sums [batch], run_rows = the rows of
+    the run that made the answer [batch]: each answer says which rows it came from, and
+    whether its run was batched with others."""
+    two = numpy_helper.from_array(np.array(2.0, np.float32), name="two")
+    axes = numpy_helper.from_array(np.array([1], np.int64), name="axes")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["x", "two"], ["double"]),
+            helper.make_node("ReduceSum", ["x", "axes"], ["total"], keepdims=0),
+            helper.make_node("Shape", ["x"], ["rows"], end=1),
+            helper.make_node("Expand", ["rows", "rows"], ["run_rows"]),
+        ],
+        "echo",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "width"])],
+        [
+            helper.make_tensor_value_info("double", TensorProto.FLOAT, ["batch", "width"]),
+            helper.make_tensor_value_info("total", TensorProto.FLOAT, ["batch"]),
+            helper.make_tensor_value_info("run_rows", TensorProto.INT64, ["batch"]),
+        ],
+        [two, axes],
+    )  # fmt: skip
+    _save(graph, path)
+    return path
+
+
 def make_slow_model(path: Path, rows: int = 4000, width: int = 512, layers: int = 8) -> None:
     """Iris-shaped input; expands it to a big matrix and multiplies it `layers` times (slow)."""
     weight = numpy_helper.from_array(np.eye(width, dtype=np.float32) * np.float32(0.5), name="w")

@@ -1,17 +1,23 @@
 """The per-variant queue: dynamic batching, admission control and deadlines, on real sessions."""
 
 import asyncio
+import json
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from support import make_slow_model
+from prometheus_client import CollectorRegistry
+from support import make_echo_model, make_slow_model
 
 from gateway.errors import ConfigError, InferenceTimeout, ModelRefused, QueueFull
-from gateway.runtime import ModelSession, QueuePolicy, Runner, Scheduler
+from gateway.metrics import Metrics
+from gateway.runtime import ModelRepository, ModelSession, QueuePolicy, Runner, Scheduler
 from gateway.runtime.batcher import VariantQueue
+from gateway.shadow import ShadowJob, ShadowLog
+from gateway.sinks import JsonLinesSink
+from gateway.types import InferResult
 
 
 class Recorder:
@@ -37,27 +43,6 @@ def _save(graph: onnx.GraphProto, path: Path) -> Path:
     model.ir_version = 8
     onnx.save(model, str(path))
     return path
-
-
-def make_echo_model(path: Path) -> Path:
-    """x [batch, width] -> double = 2x [batch, width], total = row sums [batch]: each caller's
-    answer says exactly which rows it was computed from."""
-    two = numpy_helper.from_array(np.array(2.0, np.float32), name="two")
-    axes = numpy_helper.from_array(np.array([1], np.int64), name="axes")
-    graph = helper.make_graph(
-        [
-            helper.make_node("Mul", ["x", "two"], ["double"]),
-            helper.make_node("ReduceSum", ["x", "axes"], ["total"], keepdims=0),
-        ],
-        "echo",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "width"])],
-        [
-            helper.make_tensor_value_info("double", TensorProto.FLOAT, ["batch", "width"]),
-            helper.make_tensor_value_info("total", TensorProto.FLOAT, ["batch"]),
-        ],
-        [two, axes],
-    )
-    return _save(graph, path)
 
 
 def make_lookup_model(path: Path) -> Path:
@@ -102,13 +87,14 @@ async def test_batched_outputs_go_back_to_their_own_callers(tmp_path: Path) -> N
     requests = [rng.normal(size=(int(rng.integers(1, 4)), 3)).astype(np.float32) for _ in range(64)]
 
     async def call(x: np.ndarray) -> dict[str, np.ndarray]:
-        outputs, _ = await queue.run({"x": x}, ["double", "total"], len(x), deadline())
+        outputs, _ = await queue.run({"x": x}, ["double", "total", "run_rows"], len(x), deadline())
         return outputs
 
     answers = await asyncio.gather(*(call(x) for x in requests))
     for x, answer in zip(requests, answers, strict=True):
         assert np.array_equal(answer["double"], x * 2)
         assert np.allclose(answer["total"], x.sum(axis=1), rtol=1e-6)
+        assert answer["run_rows"].shape == (len(x),)
     assert sum(recorder.batches) == sum(len(x) for x in requests)
     assert max(recorder.batches) > 3, "concurrent requests were never batched"
     assert max(recorder.batches) <= 16
@@ -278,3 +264,29 @@ def test_batching_needs_a_batch_dimension(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="needs a dynamic first \\(batch\\) dimension"):
         ModelSession("m", "fixed", _save(fixed, tmp_path / "fixed.onnx")).check_batching(8)
     ModelSession("m", "echo", make_echo_model(tmp_path / "echo.onnx")).check_batching(8)
+
+
+async def test_shadow_runs_join_batches_and_keep_their_own_answers(tmp_path: Path) -> None:
+    """Queued shadow jobs of a batching variant run together; each record holds its own rows."""
+    echo = session_of(make_echo_model(tmp_path / "echo.onnx"))
+    repository = ModelRepository({"m": {"v": echo}})
+    sink = JsonLinesSink(tmp_path / "shadow")
+    log = ShadowLog(
+        repository, sink, Metrics(CollectorRegistry()), log_inputs={"m": True},
+        queue_size=100, concurrency=1, max_batch_size={("m", "v"): 16},
+    )  # fmt: skip
+    inputs = [np.full((1, 3), float(i), np.float32) for i in range(30)]
+    for i, x in enumerate(inputs):  # queued before the thread starts: it finds them all waiting
+        outputs = echo.run({"x": x}, echo.output_names)
+        live = InferResult("m", "v", "live", 1, outputs, echo.output_specs)
+        log.submit(ShadowJob("m", "v", f"r{i}", {"x": x}, live, 0.001))
+    log.start()
+    await log.close()
+    lines = (tmp_path / "shadow" / "m.jsonl").read_text().splitlines()
+    records = {r["request_id"]: r for r in map(json.loads, lines)}
+    assert len(records) == 30
+    for i, x in enumerate(inputs):
+        shadow = json.loads(records[f"r{i}"]["shadow_output"])
+        assert shadow["double"] == (x * 2).tolist()
+    run_rows = sorted(json.loads(r["shadow_output"])["run_rows"][0] for r in records.values())
+    assert run_rows == [14] * 14 + [16] * 16
