@@ -20,7 +20,7 @@ from gateway.http.inference import service_of
 from gateway.http.responses import json_response
 from gateway.metrics import VariantStats
 from gateway.protocol.v2 import parse_json
-from gateway.runtime import ModelSession
+from gateway.runtime import ModelSession, QueuePolicy
 from gateway.service import InferenceService
 from gateway.types import TensorSpec
 
@@ -29,25 +29,37 @@ _INDEX_BODY_LIMIT = 64 * 1024
 _NOT_MEASURED = {"count": 0, "ns": 0}
 
 
-def model_config(model: str, session: ModelSession) -> dict[str, Any]:
+def model_config(model: str, session: ModelSession, policy: QueuePolicy) -> dict[str, Any]:
     """The variant as a Triton model config (model_config.proto's JSON form).
 
-    `max_batch_size` is 0: the gateway batches nothing itself, and the batch dimension is part of
-    every input's `dims`, as the ONNX file declares it (-1 when dynamic).
+    Without batching `max_batch_size` is 0 and the batch dimension is part of every input's
+    `dims`, as the ONNX file declares it (-1 when dynamic). With it, as in Triton, `dims` leave
+    the batch dimension out and `dynamic_batching` gives the queue's settings.
     """
-    return {
+    skip = 1 if policy.batching else 0
+    config: dict[str, Any] = {
         "name": model,
         "platform": "onnxruntime_onnx",
         "backend": "onnxruntime",
-        "max_batch_size": 0,
-        "input": [_tensor_config(spec) | {"format": "FORMAT_NONE"} for spec in session.inputs],
-        "output": [_tensor_config(spec) for spec in session.outputs],
+        "max_batch_size": policy.max_batch_size,
+        "input": [
+            _tensor_config(spec, skip) | {"format": "FORMAT_NONE"} for spec in session.inputs
+        ],
+        "output": [_tensor_config(spec, skip) for spec in session.outputs],
         "parameters": {"variant": {"string_value": session.variant}},
     }
+    if policy.batching:
+        config["dynamic_batching"] = {
+            "preferred_batch_size": list(policy.preferred_batch_size),
+            "max_queue_delay_microseconds": round(policy.max_queue_delay_s * 1e6),
+            "default_queue_policy": {"max_queue_size": policy.max_queue_size},
+        }
+    return config
 
 
-def _tensor_config(spec: TensorSpec) -> dict[str, Any]:
-    return {"name": spec.name, "data_type": f"TYPE_{spec.datatype}", "dims": list(spec.shape)}
+def _tensor_config(spec: TensorSpec, skip: int) -> dict[str, Any]:
+    dims = list(spec.shape[skip:])
+    return {"name": spec.name, "data_type": f"TYPE_{spec.datatype}", "dims": dims}
 
 
 def model_stat(model: str, variant: str, stats: VariantStats) -> dict[str, Any]:
@@ -87,7 +99,8 @@ async def config(request: Request) -> Response:
     model = request.path_params["model"]
     service.repository.variants(model)  # 404 for an unknown model
     variant = request.path_params.get("variant") or service.table.get(model).live
-    return json_response(model_config(model, service.session(model, variant)))
+    policy = service.scheduler.policy(model, variant)
+    return json_response(model_config(model, service.session(model, variant), policy))
 
 
 async def stats(request: Request) -> Response:
