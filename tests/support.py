@@ -127,6 +127,31 @@ def make_slow_model(path: Path, rows: int = 4000, width: int = 512, layers: int 
     _save(graph, path)
 
 
+def make_slow_batchable_model(path: Path, layers: int = 2) -> None:
+    """Iris-shaped input -> scores = 2 * input [batch, 4], after the slow model's matmuls (their
+    sum times zero is added): slow whatever the batch, and each caller's answer is its own."""
+    weight = numpy_helper.from_array(np.eye(512, dtype=np.float32) * np.float32(0.5), name="w")
+    shape = numpy_helper.from_array(np.array([4000, 512], dtype=np.int64), name="shape")
+    two = numpy_helper.from_array(np.array(2.0, np.float32), name="two")
+    zero = numpy_helper.from_array(np.array(0.0, np.float32), name="zero")
+    nodes = [
+        helper.make_node("ReduceMean", ["input"], ["mean"], keepdims=0),
+        helper.make_node("Expand", ["mean", "shape"], ["h0"]),
+        *(helper.make_node("MatMul", [f"h{i}", "w"], [f"h{i + 1}"]) for i in range(layers)),
+        helper.make_node("ReduceSum", [f"h{layers}"], ["cost"], keepdims=0),
+        helper.make_node("Mul", ["cost", "zero"], ["nothing"]),
+        helper.make_node("Mul", ["input", "two"], ["double"]),
+        helper.make_node("Add", ["double", "nothing"], ["scores"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "slow_batchable",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 4])],
+        [weight, shape, two, zero],
+    )  # fmt: skip
+    _save(graph, path)
+
+
 def make_failing_model(path: Path) -> None:
     """Iris-shaped input that only runs for a batch of one: any larger batch raises."""
     shape = numpy_helper.from_array(np.array([1, 4], dtype=np.int64), name="shape")
