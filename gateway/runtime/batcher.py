@@ -203,6 +203,8 @@ class VariantQueue:
             if rows + waiting.rows <= self.policy.max_batch_size:
                 batch.append(waiting)
                 rows += waiting.rows
+                if rows == self.policy.max_batch_size:
+                    break  # full: a long queue is not scanned to its end
         return self._preferred_cut(batch, rows)
 
     def _joinable(self, head: _Waiting) -> Iterator[_Waiting]:
@@ -241,11 +243,13 @@ class VariantQueue:
         return rows < min(cap, max(self._peaks) - self._running_rows)
 
     def _start(self, batch: list[_Waiting], rows: int) -> None:
-        taken = {id(waiting) for waiting in batch}
-        if len(batch) == 1:
-            self._waiting.popleft()
+        waiting = self._waiting
+        if all(waiting[i] is batch[i] for i in range(len(batch))):  # the usual case: the oldest
+            for _ in batch:
+                waiting.popleft()
         else:
-            self._waiting = collections.deque(w for w in self._waiting if id(w) not in taken)
+            taken = {id(each) for each in batch}
+            self._waiting = collections.deque(w for w in waiting if id(w) not in taken)
         self._queued_rows -= rows
         self._running += 1
         self._running_rows += rows
