@@ -1,10 +1,13 @@
-"""The benchmark floor: a minimal Starlette + uvicorn + orjson app serving the same `mlp` model.
+"""The benchmark floor: a minimal Starlette + uvicorn + orjson app serving the same model.
 
 It speaks the same OIP v2 JSON body as the gateway for one FP32 input, calls onnxruntime inline on
 the event loop (no thread hand-off, no validation, no routing, no metrics), and answers the same
 response shape. Whatever the gateway costs beyond this is the price of its features.
 
-    python loadtests/bench/floor.py --port 8001 [--model models/mlp/1/model.onnx]
+    python loadtests/bench/floor.py --port 8001 [--model models/mlp/1/model.onnx] [--name mlp]
+
+It answers on `/v2/models/NAME/infer`; the body may hold any batch and width the model takes
+(the benchmark sends 64 values to `mlp` and 512 to `heavy`).
 """
 
 import argparse
@@ -22,7 +25,7 @@ from starlette.routing import Route
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def build(model: Path) -> Starlette:
+def build(model: Path, name: str = "mlp") -> Starlette:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
@@ -36,7 +39,7 @@ def build(model: Path) -> Starlette:
         array = np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
         (scores,) = session.run([output_name], {input_name: array})
         body = {
-            "model_name": "mlp",
+            "model_name": name,
             "model_version": "1",
             "outputs": [
                 {
@@ -51,7 +54,7 @@ def build(model: Path) -> Starlette:
             orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json"
         )
 
-    return Starlette(routes=[Route("/v2/models/mlp/infer", infer, methods=["POST"])])
+    return Starlette(routes=[Route(f"/v2/models/{name}/infer", infer, methods=["POST"])])
 
 
 def main() -> None:
@@ -59,10 +62,10 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "mlp" / "1" / "model.onnx")
+    parser.add_argument("--name", default="mlp", help="the model's name in the route")
     args = parser.parse_args()
-    uvicorn.run(
-        build(args.model), host=args.host, port=args.port, log_level="warning", access_log=False
-    )
+    app = build(args.model, args.name)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
 
 
 if __name__ == "__main__":

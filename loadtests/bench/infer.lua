@@ -1,10 +1,12 @@
--- wrk script: POST one OIP v2 inference request for the `mlp` model (batch 1, 64 FP32 values).
+-- wrk script: POST one OIP v2 inference request (batch 1) of BENCH_FEATURES FP32 values
+-- (default 64, the `mlp` model's input) to BENCH_PATH (default the `mlp` model's route).
+local features = tonumber(os.getenv("BENCH_FEATURES") or "") or 64
 local values = {}
-for i = 1, 64 do values[i] = string.format("%.3f", (i % 7) / 7) end
+for i = 1, features do values[i] = string.format("%.3f", (i % 7) / 7) end
 wrk.method = "POST"
 wrk.path = os.getenv("BENCH_PATH") or "/v2/models/mlp/infer"
 wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"inputs":[{"name":"input","datatype":"FP32","shape":[1,64],"data":['
+wrk.body = '{"inputs":[{"name":"input","datatype":"FP32","shape":[1,' .. features .. '],"data":['
   .. table.concat(values, ",") .. ']}]}'
 
 -- BENCH_DELAY_MS: each connection waits this long after an answer (a partial load).
