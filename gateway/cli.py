@@ -72,7 +72,8 @@ def serve(args: argparse.Namespace) -> int:
             max_header_line_bytes=settings.max_header_line_bytes,
             max_request_head_bytes=settings.max_request_head_bytes,
         ),
-        "timeout_graceful_shutdown": 10,
+        # After SIGTERM's drain (gateway.http.drain), what requests in flight get to finish.
+        "timeout_graceful_shutdown": settings.shutdown_timeout_s,
         "log_config": _log_config(args.log_level),
     }
     if args.workers == 1:

@@ -92,8 +92,9 @@ class LocalGateway:
         tb: TracebackType | None,
     ) -> None:
         if self._process is not None and self._process.poll() is None:
-            # Its own session: the signal reaches the gateway and any worker it started.
-            os.killpg(self._process.pid, signal.SIGTERM)
+            # Its own session: the signal reaches the gateway and any worker it started. SIGINT
+            # stops at once; SIGTERM would drain first (README "Graceful shutdown").
+            os.killpg(self._process.pid, signal.SIGINT)
             try:
                 self._process.wait(timeout=20)
             except subprocess.TimeoutExpired:

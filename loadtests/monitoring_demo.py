@@ -123,7 +123,9 @@ def start_gateway(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]
 def stop_gateway(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is not None:
         return
-    os.killpg(process.pid, signal.SIGTERM)  # its own session: reaches any worker it started
+    # Its own session: reaches any worker it started. SIGINT: no drain (README "Graceful
+    # shutdown"), nothing balances traffic to it.
+    os.killpg(process.pid, signal.SIGINT)
     try:
         process.wait(timeout=20)
     except subprocess.TimeoutExpired:

@@ -254,8 +254,9 @@ class GatewayProcess:
         return self._log.read_text(errors="replace")
 
     def stop(self) -> None:
+        """Stop at once: SIGINT skips SIGTERM's drain (README "Graceful shutdown")."""
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
+            os.killpg(self.process.pid, signal.SIGINT)
             try:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:

@@ -11,6 +11,7 @@ from starlette.routing import Route
 
 from gateway.http import admin, endpoints, monitoring, rollout
 from gateway.http.body import Receive
+from gateway.http.drain import Drain
 from gateway.http.inference import InferenceEndpoint, Scope, Send
 from gateway.http.responses import EXCEPTION_HANDLERS
 from gateway.lifecycle import Gateway
@@ -33,6 +34,7 @@ class GatewayApp(Starlette):
     """
 
     settings: Settings
+    drain: Drain  # SIGTERM's drain (README "Graceful shutdown")
     gateway: Gateway | None = None  # from the start of the lifespan: /metrics works meanwhile
     service: InferenceService | None = None  # once the models are loaded
 
@@ -64,13 +66,18 @@ def create_app(
     """The gateway as an ASGI app. Models load in the lifespan unless `repository` is given."""
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: GatewayApp) -> AsyncIterator[None]:
-        app.gateway = gateway = Gateway(settings, registry or CollectorRegistry(), repository)
-        app.service = await gateway.start()
+    async def lifespan(app: GatewayApp) -> AsyncIterator[dict[str, Any]]:
+        # SIGTERM drains from the first moment on, so it always ends in the same clean exit.
+        app.drain.take_over_sigterm()
         try:
-            yield
+            app.gateway = gateway = Gateway(settings, registry or CollectorRegistry(), repository)
+            app.service = await gateway.start()
+            try:
+                yield {"drain": app.drain}  # lifespan state: uvicorn hands it to our protocol
+            finally:
+                await gateway.stop()
         finally:
-            await gateway.stop()
+            app.drain.give_back_sigterm()
 
     app = GatewayApp(
         routes=[
@@ -84,6 +91,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.settings = settings
+    app.drain = Drain(settings.drain_s)
     return app
 
 

@@ -28,7 +28,12 @@ async def live(request: Request) -> Response:
     return json_response({"live": True})
 
 
+DRAINING = "the gateway is draining: it is shutting down (SIGTERM)"
+
+
 async def ready(request: Request) -> Response:
+    if request.app.drain.draining:  # README "Graceful shutdown": balancers stop sending here
+        return json_response({"ready": False, "error": DRAINING}, 503)
     service = request.app.service
     if service is None or not service.ready:
         reason = "models are still loading" if service is None else service.unready_reason
@@ -62,6 +67,8 @@ async def model_ready(request: Request) -> Response:
         service.repository.variants(model)
     else:
         service.session(model, variant)
+    if request.app.drain.draining:
+        raise Unavailable(f"model {model!r} is not ready: {DRAINING}")
     if not service.ready:
         raise Unavailable(f"model {model!r} is not ready yet")
     return json_response({"name": model, "ready": True})

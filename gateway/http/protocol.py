@@ -14,18 +14,23 @@ value until the whole line has arrived, so a client could make it hold any amoun
 line and headers) is counted as it arrives and fed to the parser only up to
 `max_request_head_bytes`; one that goes on past it answers 431 and the connection closes. A
 complete head with a header line (name and value) over `max_header_line_bytes` answers 431 too.
-Everything else is uvicorn's own protocol.
+While the gateway drains before a shutdown (gateway.http.drain), every answer carries
+`Connection: close` and its connection closes after it, so kept-alive clients reconnect through
+their load balancer to another replica. Everything else is uvicorn's own protocol.
 """
 
 import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 # Bigger writes are never held (joining would copy them): they go out at once, after what waits.
 JOIN_BELOW_BYTES = 64 * 1024
+
+if TYPE_CHECKING:
+    from gateway.http.drain import Drain
 
 
 class BatchingTransport:
@@ -89,8 +94,9 @@ class BatchingTransport:
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol on a BatchingTransport, with bounded request heads (see the
-    module docstring). uvicorn makes one per connection: pass the limits with functools.partial.
+    """uvicorn's httptools protocol on a BatchingTransport, with bounded request heads and
+    connections closed while draining (see the module docstring). uvicorn makes one per
+    connection: pass the limits with functools.partial.
     """
 
     def __init__(
@@ -106,6 +112,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         # What the unfinished request head may still take; None while a body is read.
         self._head_room: int | None = max_request_head_bytes
         self._head_counted = True  # was the head counted from its first byte on?
+        # The app's lifespan state holds the drain (ASGI lifespan "state"; uvicorn passes it).
+        self._drain: Drain | None = self.app_state.get("drain")
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         wrapped = BatchingTransport(transport, self.loop, self._others_in_flight)
@@ -150,6 +158,14 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             message = f"request header line is longer than max_header_line_bytes ({limit} bytes)"
             self.app = _refusal(message)
         super().on_headers_complete()
+        if self._drain is not None and self._drain.draining:
+            self.close_after_response()
+
+    def close_after_response(self) -> None:
+        """Answer the request in progress with `Connection: close`, then close (a drain)."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.keep_alive = False  # uvicorn adds the header and closes after the answer
 
     def on_message_complete(self) -> None:
         self._head_room = self.max_request_head_bytes  # the next request's head
