@@ -55,14 +55,36 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/*
 The gateway config file: .Values.config, with model_repository pointing at the models volume
-when one is mounted.
+when one is mounted, and the shutdown's drain_s and shutdown_timeout_s from .Values.shutdown
+(which also sizes terminationGracePeriodSeconds).
 */}}
 {{- define "model-gateway.config" -}}
 {{- $config := deepCopy .Values.config }}
 {{- if .Values.modelsVolume.enabled }}
 {{- $_ := set $config "model_repository" .Values.modelsVolume.mountPath }}
 {{- end }}
+{{- $_ := set $config "drain_s" (int .Values.shutdown.drainSeconds) }}
+{{- $_ := set $config "shutdown_timeout_s" (int .Values.shutdown.timeoutSeconds) }}
 {{- toYaml $config }}
+{{- end }}
+
+{{/*
+The least grace a pod needs: Kubernetes counts the preStop hook inside
+terminationGracePeriodSeconds, then the gateway drains, then gives requests in flight their
+timeout, then closes everything (Kubernetes docs, "Pod Lifecycle", Termination of Pods).
+*/}}
+{{- define "model-gateway.neededGraceSeconds" -}}
+{{- $shutdown := .Values.shutdown }}
+{{- add (int .Values.preStopSleepSeconds) (int $shutdown.drainSeconds) (int $shutdown.timeoutSeconds) (int $shutdown.marginSeconds) }}
+{{- end }}
+
+{{/* terminationGracePeriodSeconds: the value when set, else the least grace a pod needs. */}}
+{{- define "model-gateway.terminationGracePeriodSeconds" -}}
+{{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
+{{- include "model-gateway.neededGraceSeconds" . }}
+{{- else }}
+{{- int .Values.terminationGracePeriodSeconds }}
+{{- end }}
 {{- end }}
 
 {{/* True (non-empty) when some Redis URL is configured. */}}
@@ -72,9 +94,22 @@ when one is mounted.
 
 {{/*
 Refuse settings the gateway cannot honour: several pods or workers in embedded mode would each
-keep their own routing state, so a flip on one would not reach the others (the README's "Shipping new versions" section).
+keep their own routing state, so a flip on one would not reach the others (the README's "Shipping new versions" section);
+a drain set in config alone would not size the grace period, and a grace period shorter than the
+shutdown would kill pods in the middle of it.
 */}}
 {{- define "model-gateway.validate" -}}
+{{- range $key := list "drain_s" "shutdown_timeout_s" }}
+{{- if hasKey $.Values.config $key }}
+{{- fail (printf "model-gateway: set shutdown.drainSeconds and shutdown.timeoutSeconds, not config.%s: they also size terminationGracePeriodSeconds" $key) }}
+{{- end }}
+{{- end }}
+{{- if not (kindIs "invalid" .Values.terminationGracePeriodSeconds) }}
+{{- $needed := int (include "model-gateway.neededGraceSeconds" .) }}
+{{- if lt (int .Values.terminationGracePeriodSeconds) $needed }}
+{{- fail (printf "model-gateway: terminationGracePeriodSeconds %d is shorter than preStopSleepSeconds + shutdown.drainSeconds + shutdown.timeoutSeconds + shutdown.marginSeconds (%d): pods would be killed mid-drain; raise it or leave it null" (int .Values.terminationGracePeriodSeconds) $needed) }}
+{{- end }}
+{{- end }}
 {{- $pods := int .Values.replicaCount }}
 {{- if .Values.autoscaling.enabled }}
 {{- $pods = int .Values.autoscaling.maxReplicas }}
