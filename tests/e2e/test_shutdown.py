@@ -4,6 +4,8 @@ requests in flight finish, the shadow log is flushed and the process exits 0; SI
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +20,7 @@ import yaml
 from onnx import TensorProto, helper, numpy_helper
 from prometheus_client.parser import text_string_to_metric_families
 from support import (
+    ROOT,
     GatewayProcess,
     RedisServer,
     base_config,
@@ -194,3 +197,16 @@ def test_sigint_ends_a_drain(
     os.kill(gateway.process.pid, signal.SIGINT)
     assert gateway.process.wait(timeout=10) == 0
     assert "Application shutdown complete." in gateway.output()
+
+
+def test_rolling_restart_under_load_loses_no_request(tmp_path: Path) -> None:
+    """loadtests/rolling_restart.py: two replicas behind its balancer, each restarted once under
+    locust load (SIGTERM, drain, exit, start again): no failed request, every exit code 0."""
+    command = [sys.executable, str(ROOT / "loadtests" / "rolling_restart.py"),
+               "--restarts", "2", "--users", "4", "--settle", "1", "--out", str(tmp_path)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    figures = json.loads((tmp_path / "summary.json").read_text())
+    assert figures["requests"] > 0 and figures["failures"] == 0, figures["failure_reasons"]
+    assert figures["exit_codes"] == [0, 0]
+    assert [r["replica"] for r in figures["rounds"]] == [0, 1]
