@@ -81,6 +81,7 @@ class Connection(asyncio.Protocol):
         self.buffer = bytearray()
         self.index = -1
         self.expected = -1  # bytes of the whole answer, once its head is in
+        self.closed = False  # set at the end of the run: nothing is recorded after it
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -92,6 +93,8 @@ class Connection(asyncio.Protocol):
         self.transport.write(payload)
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
         self.buffer += data
         if self.expected < 0:
             end = self.buffer.find(b"\r\n\r\n")
@@ -106,7 +109,7 @@ class Connection(asyncio.Protocol):
             self.on_idle(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.index >= 0:  # closed with an answer outstanding
+        if self.index >= 0 and not self.closed:  # closed with an answer outstanding
             self.answers.done[self.index] = time.perf_counter()
             self.answers.status[self.index] = FAILED
         self.transport = None
@@ -131,6 +134,7 @@ class Pool:
         self.answers = answers
         self.limit = limit
         self.idle: deque[Connection] = deque()
+        self.every: list[Connection] = []
         self.opened = 0
         self.opening: set[asyncio.Task[None]] = set()
 
@@ -139,6 +143,7 @@ class Pool:
         _, connection = await asyncio.get_running_loop().create_connection(
             lambda: Connection(self.answers, self.idle.append), self.host, self.port
         )
+        self.every.append(connection)
         return connection
 
     async def fill(self, count: int) -> None:
@@ -170,9 +175,13 @@ class Pool:
         connection.send(index, payload)
 
     def close(self) -> None:
-        for connection in self.idle:
+        """Drop every connection, answered or not: nothing is recorded after this."""
+        for task in self.opening:
+            task.cancel()
+        for connection in self.every:
+            connection.closed = True
             if connection.transport is not None:
-                connection.transport.close()
+                connection.transport.abort()
 
 
 async def offer(
@@ -203,7 +212,7 @@ async def offer(
         "due": answers.due,
         "sent": [t - start if t else 0.0 for t in answers.sent],
         "done": [t - start if t else 0.0 for t in answers.done],
-        "status": answers.status,
+        "status": list(answers.status),
     }
 
 

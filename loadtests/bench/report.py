@@ -244,7 +244,8 @@ def _pyplot() -> Any:
 
 
 def ms(seconds: float) -> str:
-    return "—" if math.isnan(seconds) else f"{seconds * 1e3:.1f}"
+    """Seconds as milliseconds; a dash for no figure (no such answer, or no answer at all)."""
+    return f"{seconds * 1e3:.1f}" if math.isfinite(seconds) else "—"
 
 
 def sweep_table(load: LoadResults) -> str:
