@@ -4,7 +4,6 @@ The service knows nothing about HTTP. Side channels (shadow log, metrics) hang o
 called after the answer is known and never raise into the request.
 """
 
-import asyncio
 from collections.abc import Mapping
 
 from gateway.errors import BadRequest, ModelRefused, NotFound, Unavailable
@@ -71,17 +70,28 @@ class InferenceService:
     def session(self, model: str, variant: str) -> ModelSession:
         return self.repository.session(model, variant)
 
+    def admit(self, session: ModelSession, started: float) -> None:
+        """Refuse at once a request the variant's queue cannot take (429, or 504 when it could
+        not be answered before its deadline), before its body is read and decoded."""
+        self.scheduler.admit(session, started + self.timeout)
+
     async def infer(
-        self, session: ModelSession, route: Route, request: InferRequest, request_id: str
+        self,
+        session: ModelSession,
+        route: Route,
+        request: InferRequest,
+        request_id: str,
+        started: float,
     ) -> InferResult:
-        """Run `request` on `session` (the variant of `route`); mirror it to sampled shadows."""
+        """Run `request` on `session` (the variant of `route`); mirror it to sampled shadows.
+        `started`: when the request arrived (`time.perf_counter()`); its deadline counts from
+        then."""
         if not self.ready:
             raise Unavailable(f"the gateway is not ready yet: {self.unready_reason}")
         session.validate(request.inputs)
         names = _output_names(session, request)
         rows = batch_rows(request.inputs)
-        timeout = min(self.timeout, request.timeout_s or self.timeout)
-        deadline = asyncio.get_running_loop().time() + timeout
+        deadline = started + min(self.timeout, request.timeout_s or self.timeout)
         try:
             outputs, elapsed = await self.scheduler.run(
                 session, request.inputs, names, rows, deadline

@@ -79,11 +79,14 @@ class InferenceEndpoint:
             service = service_of(app)
             model: str = scope["path_params"]["model"]
             route = _route(service, model, scope["path_params"].get("variant"), headers)
-            body = await read_body(receive, headers, app.settings.max_body_bytes)
             session = service.session(model, route.variant)
+            service.admit(session, started)
+            body = await read_body(receive, headers, app.settings.max_body_bytes)
             decoded = self._decode(body, headers, session)
             request_id = request_id or _header_safe(decoded.id) or new_request_id()
-            payload, content = await self._answer(service, session, route, decoded, request_id)
+            payload, content = await self._answer(
+                service, session, route, decoded, request_id, started
+            )
             status = 200
         except GatewayError as exc:
             status, payload, content = exc.status_code, _error(exc.message), JSON
@@ -107,11 +110,12 @@ class InferenceEndpoint:
         route: Route,
         decoded: InferRequest,
         request_id: str,
+        started: float,
     ) -> tuple[bytes, RawHeaders]:
         gauges = service.metrics.gauges  # written in place: no property call on the hot path
         gauges[INFLIGHT] += 1
         try:
-            result = await service.infer(session, route, decoded, request_id)
+            result = await service.infer(session, route, decoded, request_id, started)
         finally:
             gauges[INFLIGHT] -= 1
         payload, header_length = self._encode(result, decoded, request_id)

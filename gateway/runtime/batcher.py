@@ -27,6 +27,7 @@ it arrived. A lone caller (c=1) therefore never waits: its request runs as soon 
 import asyncio
 import collections
 import math
+import time
 from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
@@ -72,7 +73,7 @@ class _Waiting:
     inputs: Outputs
     rows: int
     names: list[str]
-    deadline: float  # event-loop time
+    deadline: float  # time.perf_counter() seconds
     arrived: float
     future: asyncio.Future[tuple[Outputs, float]] = field(repr=False)
 
@@ -111,24 +112,25 @@ class VariantQueue:
 
         Raises QueueFull (429) or InferenceTimeout (504) as the module says, ModelRefused (400)
         when the model refuses these inputs, InferenceTimeout when the run outlasts `deadline`
-        (event-loop time)."""
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        self._admit(rows, now, deadline)
-        waiting = _Waiting(
-            self._key(inputs, names, rows), inputs, rows, names, deadline, now, loop.create_future()
-        )
+        (`time.perf_counter()` seconds: precise, where uvloop's clock moves in milliseconds)."""
+        now = time.perf_counter()
+        self.admit(rows, now, deadline)
+        future: asyncio.Future[tuple[Outputs, float]] = asyncio.get_running_loop().create_future()
+        key = self._key(inputs, names, rows)
+        waiting = _Waiting(key, inputs, rows, names, deadline, now, future)
         self._waiting.append(waiting)
         self._queued_rows += rows
         self._note_demand(now)
         self._dispatch()
         try:
-            async with asyncio.timeout_at(deadline):
-                return await waiting.future  # cancelled with the caller: a batch skips it
+            async with asyncio.timeout(deadline - now):
+                return await future  # cancelled with the caller: a batch skips it
         except TimeoutError:
             raise self._expired(waiting) from None
 
-    def _admit(self, rows: int, now: float, deadline: float) -> None:
+    def admit(self, rows: int, now: float, deadline: float) -> None:
+        """Raise QueueFull or InferenceTimeout (and count it) if a request of `rows` rows
+        arriving `now` cannot be queued; called again before the request's body is decoded."""
         model, variant = self.session.model, self.session.variant
         limit = self.policy.max_queue_size
         if limit and len(self._waiting) >= limit:
@@ -183,14 +185,15 @@ class VariantQueue:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        loop = asyncio.get_running_loop()
         while self._running < self._slots and self._waiting:
             head = self._waiting[0]
             batch = self._gather(head)
             rows = sum(waiting.rows for waiting in batch)
-            wait_until = head.arrived + self.policy.max_queue_delay_s
-            if self._worth_waiting(rows) and loop.time() < wait_until:
-                self._timer = loop.call_at(wait_until, self._dispatch)
+            wait = head.arrived + self.policy.max_queue_delay_s - time.perf_counter()
+            if wait > 0 and self._worth_waiting(rows):
+                # uvloop's timers count whole milliseconds: a shorter wait fires on the next
+                # loop iteration, after the reads that may bring batch-mates, and looks again.
+                self._timer = asyncio.get_running_loop().call_later(wait, self._dispatch)
                 return
             self._start(batch, rows)
 
@@ -258,8 +261,7 @@ class VariantQueue:
         task.add_done_callback(self._tasks.discard)
 
     async def _run_batch(self, batch: list[_Waiting], rows: int) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = time.perf_counter()
         model, variant = self.session.model, self.session.variant
         for waiting in batch:
             self._observer.observe_queue(model, variant, now - waiting.arrived)
@@ -310,7 +312,7 @@ class VariantQueue:
     async def _run_alone(self, waiting: _Waiting) -> None:
         if waiting.future.done():  # its caller's deadline passed meanwhile
             return
-        timeout = waiting.deadline - asyncio.get_running_loop().time()
+        timeout = waiting.deadline - time.perf_counter()
         try:
             result = await self._runner.run_threaded(
                 self.session, waiting.inputs, waiting.names, timeout, waiting.rows
@@ -369,6 +371,13 @@ class Scheduler:
             if session in sessions and queue.policy == self.policy(session.model, session.variant)
         }
 
+    def admit(self, session: ModelSession, deadline: float) -> None:
+        """Refuse a request at once (`VariantQueue.admit`) if its variant's queue cannot take it,
+        before its body is decoded: under overload a refusal must cost less than a request."""
+        queue = self._queues.get(session)
+        if queue is not None:
+            queue.admit(1, time.perf_counter(), deadline)
+
     async def run(
         self,
         session: ModelSession,
@@ -377,7 +386,8 @@ class Scheduler:
         rows: int,
         deadline: float,
     ) -> tuple[Outputs, float]:
-        """The outputs and the model run's duration; errors as `VariantQueue.run` says."""
+        """The outputs and the model run's duration; errors as `VariantQueue.run` says.
+        `deadline`: `time.perf_counter()` seconds."""
         queue = self._queues.get(session)
         policy = self.policy(session.model, session.variant) if queue is None else queue.policy
         if not policy.batching and self.runner.inline(session, rows):

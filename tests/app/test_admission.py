@@ -61,13 +61,15 @@ async def test_full_queue_answers_429_with_retry_after(make_client: AppClient) -
     assert int(refused[0].headers["retry-after"]) >= 1
     assert "max_queue_size" in refused[0].json()["error"]
     assert refused[0].headers["x-gateway-variant"] == "slow"
+    # Refused before its body is read and decoded: a refusal must cost less than a request.
+    assert (await client.post(url, content=b"not json")).status_code == 429
     assert (await client.post("/v2/models/iris/infer", json=iris_body())).status_code == 200
     answers = [task.result() for task in done] + list(await asyncio.gather(*pending))
     codes = sorted(r.status_code for r in answers)
     assert set(codes) == {200, 429} and codes.count(200) >= 2
     rejected = await samples(client, "gateway_rejected_requests_total")
     key = (("model", "iris"), ("reason", "queue_full"), ("variant", "slow"))
-    assert rejected[key] == codes.count(429)
+    assert rejected[key] == codes.count(429) + 1
 
 
 @pytest.mark.parametrize("timeout", ["1000", -1, 1.5, True, [1]])

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +76,7 @@ def queue_of(
 
 
 def deadline(seconds: float = 10.0) -> float:
-    return asyncio.get_running_loop().time() + seconds
+    return time.perf_counter() + seconds
 
 
 async def test_batched_outputs_go_back_to_their_own_callers(tmp_path: Path) -> None:
@@ -225,10 +226,10 @@ async def test_a_request_still_queued_at_its_deadline_is_answered_then(tmp_path:
     x = {"input": np.zeros((1, 4), np.float32)}
     running = asyncio.ensure_future(queue.run(x, ["scores"], 1, deadline(60)))
     await asyncio.sleep(0)
-    started = asyncio.get_running_loop().time()
+    started = time.perf_counter()
     with pytest.raises(InferenceTimeout, match="waited in the queue until its deadline"):
         await queue.run(x, ["scores"], 1, deadline(session.seconds_per_row / 4))
-    assert asyncio.get_running_loop().time() - started < session.seconds_per_row
+    assert time.perf_counter() - started < session.seconds_per_row
     assert recorder.rejections == ["deadline"] and not running.done()
     await running
     assert len(recorder.batches) == 1  # the expired request never ran
