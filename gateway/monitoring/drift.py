@@ -20,8 +20,6 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy.special import rel_entr
-from scipy.stats import wasserstein_distance
 
 from gateway.monitoring.profiles import ClassReference, Counts, NumericReference
 
@@ -31,6 +29,10 @@ MIN_ROWS = 50
 
 def psi(reference: np.ndarray, live: np.ndarray) -> float:
     """PSI of two distributions over the same bins (counts or shares)."""
+    # scipy is imported where it is used: it adds about 70 MB to each worker, which a gateway
+    # that never compares with a reference does not pay (README "Monitoring").
+    from scipy.special import rel_entr
+
     p = np.maximum(live / max(live.sum(), 1e-300), PSI_FLOOR)
     q = np.maximum(reference / max(reference.sum(), 1e-300), PSI_FLOOR)
     return float(np.sum(rel_entr(p, q) + rel_entr(q, p)))
@@ -63,6 +65,8 @@ def numeric_statistics(
         return found
     found["psi"] = psi(np.asarray(reference.shares), live)
     live_means = np.divide(counts.bin_sums[j, :width], live, out=np.zeros(width), where=live > 0)
+    from scipy.stats import wasserstein_distance  # as in psi: only when there is a reference
+
     distance = wasserstein_distance(reference.means, live_means, reference.shares, live)
     found["wasserstein"] = distance / reference.std if reference.std > 0 else distance
     return found
