@@ -1,9 +1,7 @@
 """Run sessions on the event loop when the run is known to be tiny, else on a thread."""
 
 import asyncio
-import contextlib
 import os
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -33,9 +31,7 @@ class Runner:
     def __init__(self, threads: int | None = None, inline_below_s: float = 0.0) -> None:
         self.threads = threads or _usable_cores()
         self.inline_below_s = inline_below_s
-        self._pool = ThreadPoolExecutor(
-            self.threads, thread_name_prefix="gateway-infer", initializer=_below_the_event_loop
-        )
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="gateway-infer")
 
     def inline(self, session: ModelSession, rows: int) -> bool:
         """Whether a run of `rows` rows is expected to be short enough to run on the loop."""
@@ -104,25 +100,6 @@ def run_checked(
         # The inputs matched the model's declared metadata but not what its nodes accept
         # (data-dependent shapes): the request's fault, as in Triton, not the server's.
         raise ModelRefused(f"the model failed on these inputs: {_first_line(exc)}") from None
-
-
-RUN_NICENESS = 5  # runner threads' niceness above the event loop's (Linux: per thread)
-
-
-def _below_the_event_loop() -> None:
-    """Give the calling runner thread a lower CPU priority than the event loop's thread.
-
-    When the cores are saturated (overload), the event loop then still gets most of the CPU it
-    asks for, so reading requests, refusing what cannot be served (429/504) and answering health
-    checks and /metrics keep pace with arrivals, while model runs take the rest. At lower loads
-    nothing competes and nothing changes. Linux gives each thread its own niceness
-    (setpriority(2) on the thread id); elsewhere threads keep the process's.
-    """
-    with contextlib.suppress(AttributeError, OSError):
-        thread = threading.get_native_id()
-        os.setpriority(
-            os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + RUN_NICENESS
-        )
 
 
 def _usable_cores() -> int:
