@@ -125,12 +125,25 @@ def offered(raw: dict[str, Any]) -> Offered:
     )
 
 
+# Every request but one at a time finds the queue full: how fast can the gateway say 429?
+REJECTING = Case(
+    "heavy: a queue of one",
+    {"live": "v1"},
+    model="heavy",
+    variant={**HEAVY_BATCHING, "max_queue_size": 1},
+    request_timeout_s=REQUEST_TIMEOUT_S,
+)
+REJECTING_CONNECTIONS = 64
+
+
 @dataclass
 class LoadResults:
     capacity: float  # requests/s of the heavy model, batching on, closed loop at c=128
     sweep: dict[str, list[Offered]] = field(default_factory=dict)
     overload: Offered | None = None
     overload_rejections: Counter[str] = field(default_factory=Counter)
+    # The queue of one: answers/s, their share of 429s, server CPU µs per answer.
+    rejecting: tuple[float, float, float] | None = None
 
 
 def warm(url: str, pid: int) -> None:
@@ -169,6 +182,22 @@ def rejections(before: Scrape, after: Scrape) -> Counter[str]:
         if name == "gateway_rejected_requests_total":
             counted[dict(labels)["reason"]] += int(value - before.get((name, labels), 0.0))
     return counted
+
+
+def run_rejecting(results: LoadResults, directory: Path, seconds: int) -> None:
+    """wrk at c=64 against a queue of one: nearly every answer is a 429."""
+    with server(REJECTING, directory, None) as (url, pid):
+        before = scrape(url)
+        sample = measure(url, pid, REJECTING_CONNECTIONS, seconds, model="heavy")
+        after = scrape(url)
+    codes = {
+        dict(labels)["code"]: value - before.get((name, labels), 0.0)
+        for (name, labels), value in after.items()
+        if name == "gateway_requests_total"
+    }
+    share = codes.get("429", 0.0) / max(sum(codes.values()), 1.0)
+    results.rejecting = (sample.rps, share, sample.cpu_us)
+    print(f"rejecting {sample.rps:.0f} answers/s, {share:.1%} 429, {sample.cpu_us:.0f} us/answer")
 
 
 def describe(measured: Offered) -> str:

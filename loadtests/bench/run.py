@@ -13,13 +13,17 @@ same OIP v2 body, onnxruntime called inline. Every server runs on core 0 and its
    then an overload at 4x its capacity with the health and metrics routes timed meanwhile;
 3. memory (`memory.py`): RSS per worker serving the bundled models, 1 and 2 workers.
 
-Writes docs/benchmarks.md and its plots (`report.py`). `--soak SECONDS` instead measures one
+Writes docs/benchmarks.md and its plots (`report.py`); the measurements are also saved (pickle,
+in the temporary folder), so `--render FILE` can write the report again, say after editing
+report.md.in. `--soak SECONDS` instead measures one
 worker's RSS over a long load and writes docs/benchmarks-soak.json and .png, which the next full
 run reads into the report.
 """
 
 import argparse
+import pickle
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +52,7 @@ from load import (
     REQUEST_TIMEOUT_S,
     LoadResults,
     run_overload,
+    run_rejecting,
     run_sweep,
 )
 from memory import Footprint, footprint, soak
@@ -74,6 +79,9 @@ class Run:
     load: LoadResults
     footprints: list[Footprint]
     seconds: float
+    command: str  # as run, for the report
+    args: argparse.Namespace
+    commit: str  # the checkout measured
 
 
 def measure_all(args: argparse.Namespace) -> Run:
@@ -88,12 +96,14 @@ def measure_all(args: argparse.Namespace) -> Run:
         load = LoadResults(capacity=results.median(HEAVY_ON, 128, "rps"))
         run_sweep(load, directory, args.load_seconds)
         run_overload(load, directory, args.overload_seconds)
+        run_rejecting(load, directory, args.duration)
         footprints = [footprint(directory, workers, redis_url, MEMORY_LOAD_S) for workers in (1, 2)]
-    return Run(results, load, footprints, time.monotonic() - began)
+    command = ("python loadtests/bench/run.py " + " ".join(sys.argv[1:])).strip()
+    return Run(results, load, footprints, time.monotonic() - began, command, args, checkout())
 
 
-def write_report(run: Run, args: argparse.Namespace) -> None:
-    out: Path = args.out
+def write_report(run: Run, out: Path) -> None:
+    args = run.args
     report.plot_mlp(run.results, out / "benchmarks.png")
     report.plot_heavy(run.results, out / "benchmarks-heavy.png")
     report.plot_load(run.load, out / "benchmarks-load.png")
@@ -102,9 +112,10 @@ def write_report(run: Run, args: argparse.Namespace) -> None:
         (HERE / "report.md.in")
         .read_text()
         .format(
-            command=("python loadtests/bench/run.py " + " ".join(sys.argv[1:])).strip(),
+            command=run.command,
             minutes=run.seconds / 60,
             machine=machine(),
+            commit=getattr(run, "commit", checkout()),
             date=time.strftime("%Y-%m-%d"),
             rounds=args.rounds,
             duration=args.duration,
@@ -134,6 +145,17 @@ def write_report(run: Run, args: argparse.Namespace) -> None:
     (out / "benchmarks.md").write_text(text)
 
 
+def checkout() -> str:
+    """The commit measured, and whether the tree had other changes to the gateway."""
+    git = ["git", "-C", str(ROOT)]
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    changed = subprocess.run(
+        [*git, "status", "--porcelain", "--", "gateway"], capture_output=True, text=True
+    )
+    dirty = " with uncommitted changes to gateway/" if changed.stdout.strip() else ""
+    return f"commit {commit.stdout.strip() or 'unknown'}{dirty}"
+
+
 def inline_yaml(fields: dict[str, int]) -> str:
     return ", ".join(f"{name}: {value}" for name, value in fields.items())
 
@@ -153,6 +175,9 @@ def main() -> None:
     parser.add_argument("--overload-seconds", type=float, default=10)
     parser.add_argument("--soak", type=float, default=0, help="seconds: the memory soak alone")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
+    parser.add_argument(
+        "--render", type=Path, help="write the report from a saved run instead of measuring"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
@@ -160,10 +185,16 @@ def main() -> None:
     if args.soak:
         run_soak(args)
         return
-    run = measure_all(args)
+    if args.render:
+        run = pickle.loads(args.render.read_bytes())
+    else:
+        run = measure_all(args)
+        saved = Path(tempfile.gettempdir()) / "gateway-benchmark-run.pickle"
+        saved.write_bytes(pickle.dumps(run))
+        print(f"results saved to {saved} (--render {saved} writes the report again)")
     print(report.table(run.results, MLP))
     print(report.table(run.results, HEAVY))
-    write_report(run, args)
+    write_report(run, args.out)
 
 
 if __name__ == "__main__":
