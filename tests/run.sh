@@ -27,7 +27,9 @@ if ! command -v promtool >/dev/null 2>&1 && [ ! -x .venv/bin/promtool ]; then
 fi
 echo "== installing the project with its test extras"
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test,load]'
+# --no-compile: bytecode is written when a module is first imported, for the modules the tests
+# use; compiling every installed package up front took half of the install (27 s of 56).
+.venv/bin/python -m pip install -q --no-compile -e '.[test,load]'
 
 echo "== ruff"
 .venv/bin/ruff check .
