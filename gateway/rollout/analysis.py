@@ -15,7 +15,9 @@ feedback). The statistics are scipy's:
 - online metric: Fisher's exact test on accuracy, or Welch's t-test on absolute errors.
 """
 
+import asyncio
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -43,11 +45,18 @@ Scores = dict[str, dict[str, float]]
 
 
 def _stats() -> Any:
-    """scipy.stats, imported on the first analysis: it adds about 70 MB to each worker, which a
-    gateway that runs no rollout does not pay."""
+    """scipy.stats, imported when first needed: it adds about 70 MB to each worker, which a
+    gateway that runs no rollout does not pay. `load_statistics` imports it beforehand."""
     from scipy import stats
 
     return stats
+
+
+async def load_statistics() -> None:
+    """Import scipy.stats on a thread, once, before an analysis needs it: imported by the first
+    analysis on the event loop, it held every request for up to a second."""
+    if "scipy.stats" not in sys.modules:
+        await asyncio.to_thread(_stats)
 
 
 @dataclass(frozen=True)

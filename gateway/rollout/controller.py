@@ -25,7 +25,7 @@ from gateway.control import ControlPlane
 from gateway.errors import Conflict, NotFound, Unavailable
 from gateway.metrics import Metrics
 from gateway.monitoring.monitor import Monitor
-from gateway.rollout.analysis import requests_seen
+from gateway.rollout.analysis import load_statistics, requests_seen
 from gateway.rollout.decisions import Decisions
 from gateway.rollout.figures import own_figures
 from gateway.rollout.judge import Judge
@@ -118,6 +118,7 @@ class RolloutController:
         self.judging = await self.store.acquire(self.process)
         if not self.judging:
             return
+        await load_statistics()
         for model, plan in configured.items():
             with contextlib.suppress(Conflict):
                 await self.begin(model, plan, "the config's plan")
@@ -176,6 +177,7 @@ class RolloutController:
 
     async def begin(self, model: str, plan: RolloutPlan | None, source: str = "") -> Rollout:
         """Start a rollout of `plan` (default: the config's) from the current routing."""
+        await load_statistics()  # before its first analysis, off the event loop
         state = self.control.table.get(model)
         if plan is None:
             plan = self._plans().get(model)
