@@ -61,6 +61,7 @@ class RolloutController:
         # Who judges is visible to operators (the lease's value): host, pid and a nonce.
         self.process = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.judging = False
+        self._loading: asyncio.Future[None] | None = None  # scipy.stats, imported on a thread
         self.records: dict[str, Rollout] = {}  # each model's, as of the last tick
         webhooks = Webhooks()
         self.decisions = Decisions(store, control, metrics, monitor, webhooks, self.process,
@@ -118,7 +119,10 @@ class RolloutController:
         self.judging = await self.store.acquire(self.process)
         if not self.judging:
             return
-        await load_statistics()
+        # scipy.stats, imported on a thread (started by `begin`, or here after a restart)
+        # while the rollout's first step runs, before its first analysis needs it.
+        self._loading = self._loading or asyncio.ensure_future(load_statistics())
+        await asyncio.shield(self._loading)
         for model, plan in configured.items():
             with contextlib.suppress(Conflict):
                 await self.begin(model, plan, "the config's plan")
@@ -177,7 +181,7 @@ class RolloutController:
 
     async def begin(self, model: str, plan: RolloutPlan | None, source: str = "") -> Rollout:
         """Start a rollout of `plan` (default: the config's) from the current routing."""
-        await load_statistics()  # before its first analysis, off the event loop
+        self._loading = self._loading or asyncio.ensure_future(load_statistics())
         state = self.control.table.get(model)
         if plan is None:
             plan = self._plans().get(model)
