@@ -64,7 +64,8 @@ def test_rollback(tmp_path: Path) -> None:
 def test_rollout(tmp_path: Path) -> None:
     """The gateway's own analysis walks mlp through shadow and canary steps to promotion under
     load; each decision is recorded with its revision, and only mlp answers afterwards."""
-    summary = run_scenario("rollout", tmp_path / "rollout", seconds=12)
+    # 14 s: the first analysis may wait for scipy.stats, imported on a thread when it begins.
+    summary = run_scenario("rollout", tmp_path / "rollout", seconds=14)
     rollout = summary["rollout"]
     moves = [d for d in rollout["decisions"] if d["decision"] != "wait"]
     assert rollout["phase"] == "Healthy"
