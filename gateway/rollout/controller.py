@@ -38,6 +38,7 @@ from gateway.routing import RoutingState
 log = logging.getLogger(__name__)
 
 TICK_S = 0.5
+MIN_TICK_S = 0.01  # between two ticks, however soon an analysis is due
 Plans = Callable[[], dict[str, RolloutPlan]]  # the config's plans, by model
 
 
@@ -99,7 +100,18 @@ class RolloutController:
                 waiting = True
             except Exception:
                 log.exception("rollout tick failed")
-            await asyncio.sleep(TICK_S)
+            await asyncio.sleep(self._until_next_tick())
+
+    def _until_next_tick(self) -> float:
+        """Seconds to the next tick: TICK_S, or sooner when an analysis this process judges is
+        due before then, so that it runs on time rather than up to a tick late."""
+        wait = TICK_S
+        if self.judging:
+            now = time.time()
+            for record in self.records.values():
+                if record.phase == "Progressing":
+                    wait = min(wait, record.next_analysis - now)
+        return max(wait, MIN_TICK_S)
 
     async def tick(self) -> None:
         """Read every model's record, publish figures of active ones, judge if leader; one

@@ -63,7 +63,7 @@ class Judge:
         record = replace(
             record,
             latency_strikes=strikes,
-            next_analysis=now + record.plan.analysis.interval,
+            next_analysis=next_analysis(record.next_analysis, record.plan.analysis.interval, now),
             baseline=start,
         )
         found = verdict(checks)
@@ -144,6 +144,14 @@ class Judge:
             values = [row["psi"] for row in figures["outputs"] if row.get("psi") is not None]
             found[variant] = max(values) if values else None
         return found
+
+
+def next_analysis(due: float, interval: float, now: float) -> float:
+    """When the analysis after the one `due` (epoch s) is due: `interval` seconds after it,
+    so analyses keep their cadence however late the tick that ran one (an `interval` of 1 s
+    means one a second, as Argo Rollouts' AnalysisRun does); from `now` if that is past."""
+    following = due + interval
+    return following if following > now else now + interval
 
 
 def count_latency_strikes(checks: list[Check], strikes: int) -> tuple[list[Check], int]:

@@ -20,7 +20,7 @@ from gateway.rollout.analysis import (
     verdict,
 )
 from gateway.rollout.figures import baseline, quantile, window
-from gateway.rollout.judge import count_latency_strikes
+from gateway.rollout.judge import count_latency_strikes, next_analysis
 from gateway.rollout.plan import (
     AgreementCheck,
     Analysis,
@@ -192,6 +192,14 @@ def test_a_latency_failure_counts_only_when_the_next_analysis_fails_too() -> Non
     fine = latency(LatencyCheck(), evidence(runs__new=histogram(0.001, 200),
                                             runs__old=histogram(0.001, 2000)))  # fmt: skip
     assert count_latency_strikes([fine], strikes)[1] == 0
+
+
+def test_analyses_keep_their_cadence_when_a_tick_runs_one_late() -> None:
+    """Interval 1 s, first due at 100: run late at 100.4, the next is still due at 101 (not
+    101.4, which drifted a 2 s step to 3 s); after a long stall, one interval from now."""
+    assert next_analysis(100.0, 1.0, now=100.4) == 101.0
+    assert next_analysis(101.0, 1.0, now=101.45) == 102.0
+    assert next_analysis(100.0, 1.0, now=107.3) == 108.3
 
 
 @pytest.mark.parametrize(
