@@ -154,6 +154,7 @@ class Monitor:
         )
         self._enabled = {n for n, m in settings.models.items() if m.monitoring.enabled}
         self._pending: list[Observed] = []
+        self._folded_at = time.time()  # when the answers pending now began to gather
         self._variants: dict[tuple[str, str], _Variant] = {}
         self._references: dict[str, Reference] = {}
         self._recent: dict[str, _Recent] = {}
@@ -252,6 +253,9 @@ class Monitor:
         work fought the event loop for the GIL, which cost far more.
         """
         pending, self._pending = self._pending, []
+        # The cap is a rate: answers that gathered for longer than FOLD_INTERVAL_S (a slow
+        # tick, a busy machine) get a budget as long as the time they gathered over.
+        gathered_s, self._folded_at = max(now - self._folded_at, FOLD_INTERVAL_S), now
         groups: defaultdict[tuple[str, ...], list[Observed]] = defaultdict(list)
         for start in range(0, len(pending), KEEP_CHUNK):
             chunk: defaultdict[tuple[str, ...], list[Observed]] = defaultdict(list)
@@ -263,7 +267,7 @@ class Monitor:
                 if state is not None and state.prediction is not None:
                     await self._keep(model, variant, state.prediction, items)
             await asyncio.sleep(0)
-        budget = max(1, int(PROFILED_PER_S * FOLD_INTERVAL_S))
+        budget = max(1, int(PROFILED_PER_S * gathered_s))
         for (model, variant, role), items in groups.items():
             state = self._variant(model, variant)
             if state is None:
