@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.admin_client import ADMIN_COMMANDS, run_admin_command
+from gateway.batch.command import add_batch_command
 from gateway.errors import ConfigError
 from gateway.metrics import METRICS_DIR_ENV
 from gateway.monitoring.reference_file import read_reference
@@ -24,6 +25,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "batch":
+        from gateway.batch.command import run_batch_command
+
+        return run_batch_command(args)
     return run_admin_command(args)
 
 
@@ -39,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--log-level", default="info")
     for command in ADMIN_COMMANDS:
         command.add_to(commands)
+    add_batch_command(commands)
     return parser
 
 

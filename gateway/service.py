@@ -4,7 +4,9 @@ The service knows nothing about HTTP. Side channels (shadow log, metrics) hang o
 called after the answer is known and never raise into the request.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+
+import numpy as np
 
 from gateway.errors import BadRequest, ModelRefused, NotFound, Unavailable
 from gateway.metrics import Metrics
@@ -82,10 +84,12 @@ class InferenceService:
         request: InferRequest,
         request_id: str,
         started: float,
+        row_ids: Sequence[str] | None = None,
     ) -> InferResult:
         """Run `request` on `session` (the variant of `route`); mirror it to sampled shadows.
         `started`: when the request arrived (`time.perf_counter()`); its deadline counts from
-        then."""
+        then. `row_ids`: one request id per row when each row is a request of its own, run in
+        one batch (README "Batch inference"): the monitor and the shadows see each row alone."""
         if not self.ready:
             raise Unavailable(f"the gateway is not ready yet: {self.unready_reason}")
         session.validate(request.inputs)
@@ -103,6 +107,9 @@ class InferenceService:
         result = InferResult(
             session.model, route.variant, route.role, route.revision, outputs, session.output_specs
         )
+        if row_ids is not None:
+            self._each_row(route, request.inputs, result, elapsed, row_ids)
+            return result
         if self.observe is not None:
             self.observe(
                 session.model, route.variant, route.role, request_id, request.inputs, outputs
@@ -115,6 +122,29 @@ class InferenceService:
                     )
                 )
         return result
+
+    def _each_row(
+        self,
+        route: Route,
+        inputs: dict[str, np.ndarray],
+        result: InferResult,
+        elapsed: float,
+        row_ids: Sequence[str],
+    ) -> None:
+        """Hand each row of a batch to the monitor, and to sampled shadows, under its own id."""
+        model, variant = result.model, route.variant
+        for row, row_id in enumerate(row_ids):
+            picked = slice(row, row + 1)
+            row_inputs = {name: array[picked] for name, array in inputs.items()}
+            row_result = result._replace(
+                outputs={name: array[picked] for name, array in result.outputs.items()}
+            )
+            if self.observe is not None:
+                self.observe(model, variant, route.role, row_id, row_inputs, row_result.outputs)
+            for shadow in sample_shadows(route.shadows) if route.shadows else ():
+                self.shadow_log.submit(
+                    ShadowJob(model, shadow.variant, row_id, row_inputs, row_result, elapsed)
+                )
 
 
 def _output_names(session: ModelSession, request: InferRequest) -> list[str]:
