@@ -32,7 +32,10 @@ _ORT_TYPES = {
         ("double", "FP64"),
     ]
 }
-WARMUP_RUNS = 3
+WARMUP_RUNS = 3  # at most: one-off costs (allocations, kernel choice) are paid by the first
+# Warm-up stops once its runs took this long: a model that slow is warm after its first run,
+# its one-off costs a small part of it, and each further run would delay start-up and reloads.
+WARMUP_BUDGET_S = 0.05
 COST_SMOOTHING = 0.1  # weight of the newest run in the running estimate of seconds per row
 
 
@@ -156,7 +159,8 @@ class ModelSession:
                 )
 
     def warm_up(self) -> None:
-        """Run a batch of zeros a few times so the first real request pays no one-off costs."""
+        """Run a batch of zeros up to WARMUP_RUNS times, until WARMUP_BUDGET_S is spent, so
+        the first real request pays no one-off costs."""
         feeds = {
             spec.name: np.zeros([1 if dim < 0 else dim for dim in spec.shape], spec.dtype)
             for spec in self.inputs
@@ -166,6 +170,8 @@ class ModelSession:
             started = time.perf_counter()
             self.run(feeds, self.output_names)
             timings.append(time.perf_counter() - started)
+            if sum(timings) >= WARMUP_BUDGET_S:
+                break
         # The first run pays one-off allocations: the fastest is the best first estimate.
         self.seconds_per_row = min(timings)
 

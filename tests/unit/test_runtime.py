@@ -151,7 +151,7 @@ async def test_cheap_runs_stay_inline_and_slow_ones_go_to_threads(tmp_path: Path
 
     def spy(self: ModelSession, *args: object) -> object:
         threads.append(threading.current_thread().name)
-        return original(self, *args)  # type: ignore[arg-type]
+        return original(self, *args)
 
     ModelSession.run = spy  # type: ignore[method-assign]
     try:
@@ -162,3 +162,22 @@ async def test_cheap_runs_stay_inline_and_slow_ones_go_to_threads(tmp_path: Path
     assert threads[0] == threading.current_thread().name
     assert threads[1].startswith("gateway-infer")
     runner.close()
+
+
+def test_warm_up_runs_a_cheap_model_three_times_and_a_slow_one_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model slower than the warm-up budget is warm after one run: start-up and reloads do
+    not pay three of its runs."""
+    runs: list[str] = []
+    original = ModelSession.run
+
+    def counted(self: ModelSession, *args: object) -> object:
+        runs.append(self.variant)
+        return original(self, *args)
+
+    monkeypatch.setattr(ModelSession, "run", counted)
+    make_slow_model(tmp_path / "slow.onnx")
+    ModelSession("iris", "blue", IRIS).warm_up()
+    ModelSession("m", "slow", tmp_path / "slow.onnx").warm_up()
+    assert runs == ["blue"] * 3 + ["slow"]
