@@ -18,6 +18,11 @@ from gateway.metrics import METRICS_DIR_ENV
 from gateway.monitoring.reference_file import read_reference
 from gateway.runtime import ModelRepository, load_repository
 from gateway.settings import DEFAULT_CONFIG, Settings, load_settings
+from gateway.streams.command import (
+    add_consume_command,
+    check_consumers_installed,
+    run_consume_command,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -25,6 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "consume":
+        return run_consume_command(args)
     if args.command == "batch":
         from gateway.batch.command import run_batch_command
 
@@ -44,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--log-level", default="info")
     for command in ADMIN_COMMANDS:
         command.add_to(commands)
+    add_consume_command(commands)
     add_batch_command(commands)
     return parser
 
@@ -53,6 +61,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config)
         _check_workers(settings, args.workers)
+        check_consumers_installed(settings, None)
         repository = _preload(settings, args.workers)
     except ConfigError as exc:
         print(f"gateway: {exc}", file=sys.stderr)

@@ -40,6 +40,8 @@ from gateway.service import InferenceService
 from gateway.settings import Settings, load_settings
 from gateway.shadow import ShadowLog, ShadowSink
 from gateway.sinks import JsonLinesSink, RedisStreamSink
+from gateway.streams.config import select_consumers
+from gateway.streams.tasks import ConsumerTasks
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +59,19 @@ class Gateway:
     service: InferenceService
     monitor: Monitor
     rollouts: RolloutController
+    consumers: ConsumerTasks
 
     def __init__(
         self,
         settings: Settings,
         registry: CollectorRegistry,
         repository: ModelRepository | None = None,
+        consumers: Collection[str] | None = None,
     ) -> None:
+        """`consumers`: the event-stream consumers to run by name (all when empty); None: those
+        the settings run in `gateway serve` (README "Event streams")."""
         self.settings = settings
+        self._consumer_names = consumers
         self.metrics = Metrics(registry, os.environ.get(METRICS_DIR_ENV))
         self._preloaded = repository
         self._redis: aioredis.Redis | None = None
@@ -120,6 +127,11 @@ class Gateway:
             self.access_log = AccessLog()
             self.access_log.start()
         self._settle_routing()
+        self.consumers = ConsumerTasks(
+            select_consumers(settings.consumers, self._consumer_names), self.service,
+            self.metrics, settings,
+        )  # fmt: skip
+        self.consumers.start()
         # What start-up made (modules, sessions, scipy's tables) lives as long as the process:
         # moved out of the collector's view, a full collection scans only what serving made.
         # Without it, one took up to 70 ms on the event loop (CPython's gc.freeze docs).
@@ -127,6 +139,7 @@ class Gateway:
         return self.service
 
     async def stop(self) -> None:
+        await self.consumers.stop(self.settings.shutdown_timeout_s)  # answers need the service
         self.service.ready = False
         if self._settling is not None:
             self._settling.cancel()

@@ -315,6 +315,14 @@ class Metrics:
     def monitor_dropped(self, model: str) -> None:
         self.monitor_drops.inc((model,))
 
+    def add_counter(self, name: str, documentation: str, labels: list[str]) -> Family:
+        """Another exported counter, recorded and summed over workers like the ones above (a
+        transport's own: the stream consumers', gateway.streams)."""
+        family = Family(self._values, name, documentation, labels, histogram=False)
+        self.families.append(family)
+        self._shared.append(family)
+        return family
+
     def set_routing(self, model: str, state: RoutingState, variants: Iterable[str]) -> None:
         """Publish one model's routing: revision, live variant and canary weight per variant."""
         self._routing[model] = (state, list(variants))

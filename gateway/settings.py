@@ -17,12 +17,14 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from gateway.errors import ConfigError
 from gateway.rollout.plan import RolloutPlan
+from gateway.streams.config import ConsumerConfig, check_consumers
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=128)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -269,6 +271,21 @@ class Settings(_Frozen):
     )
     config_path: Path | None = Field(default=None, description="Where these settings came from.")
     models: dict[Name, ModelConfig] = Field(min_length=1)
+    consumers: tuple[ConsumerConfig, ...] = Field(
+        default=(),
+        description='Event-stream consumers: requests read from Redis Streams or Kafka, '
+        'predictions written to another stream (README "Event streams").',
+    )
+
+    @field_validator("consumers")
+    @classmethod
+    def _consumers_runnable(
+        cls, value: tuple[ConsumerConfig, ...], info: ValidationInfo
+    ) -> tuple[ConsumerConfig, ...]:
+        models = info.data.get("models")  # absent when the models failed their own checks
+        if models is not None:
+            check_consumers(value, models.keys(), info.data.get("redis_url"))
+        return value
 
     @field_validator("redis_url")
     @classmethod

@@ -2,7 +2,7 @@
 
 import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -18,6 +18,9 @@ from gateway.lifecycle import Gateway
 from gateway.runtime import ModelRepository
 from gateway.service import InferenceService
 from gateway.settings import DEFAULT_CONFIG, Settings, load_settings
+
+# What `gateway consume` serves over HTTP: probes and metrics, no data plane.
+CONSUMER_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
 
 
 class GatewayApp(Starlette):
@@ -62,15 +65,22 @@ def create_app(
     settings: Settings,
     repository: ModelRepository | None = None,
     registry: CollectorRegistry | None = None,
+    consumers: Collection[str] | None = None,
 ) -> GatewayApp:
-    """The gateway as an ASGI app. Models load in the lifespan unless `repository` is given."""
+    """The gateway as an ASGI app. Models load in the lifespan unless `repository` is given.
+
+    With `consumers` (`gateway consume`): those event-stream consumers run (all when empty),
+    and the app serves only health and /metrics, with no drain on SIGTERM.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: GatewayApp) -> AsyncIterator[dict[str, Any]]:
         # SIGTERM drains from the first moment on, so it always ends in the same clean exit.
         app.drain.take_over_sigterm()
         try:
-            app.gateway = gateway = Gateway(settings, registry or CollectorRegistry(), repository)
+            app.gateway = gateway = Gateway(
+                settings, registry or CollectorRegistry(), repository, consumers
+            )
             app.service = await gateway.start()
             try:
                 yield {"drain": app.drain}  # lifespan state: uvicorn hands it to our protocol
@@ -79,19 +89,19 @@ def create_app(
         finally:
             app.drain.give_back_sigterm()
 
-    app = GatewayApp(
-        routes=[
-            *endpoints.ROUTES,
-            *monitoring.DATA_ROUTES,
-            *admin.ROUTES,
-            *monitoring.ADMIN_ROUTES,
-            *rollout.ROUTES,
-        ],
-        exception_handlers=EXCEPTION_HANDLERS,
-        lifespan=lifespan,
-    )
+    routes = [
+        *endpoints.ROUTES,
+        *monitoring.DATA_ROUTES,
+        *admin.ROUTES,
+        *monitoring.ADMIN_ROUTES,
+        *rollout.ROUTES,
+    ]
+    if consumers is not None:
+        routes = [route for route in endpoints.ROUTES if route.path in CONSUMER_PATHS]
+    app = GatewayApp(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
     app.settings = settings
-    app.drain = Drain(settings.drain_s)
+    # A consumer process has no load balancer to wait for: SIGTERM stops it at once.
+    app.drain = Drain(settings.drain_s if consumers is None else 0.0)
     return app
 
 

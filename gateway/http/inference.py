@@ -8,9 +8,7 @@ endpoints skip Starlette's middleware, error handlers included).
 """
 
 import functools
-import itertools
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -23,6 +21,8 @@ from gateway.http.compression import encode_body, response_coding
 from gateway.http.responses import INTERNAL_ERROR
 from gateway.metrics import INFLIGHT
 from gateway.protocol import v1, v2
+from gateway.request_ids import header_safe as _header_safe
+from gateway.request_ids import new_request_id
 from gateway.routing import Route
 from gateway.runtime import ModelSession
 from gateway.service import InferenceService
@@ -35,26 +35,6 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Encoded = tuple[bytes, int | None]
 RawHeaders = list[tuple[bytes, bytes]]
 JSON: RawHeaders = [(b"content-type", b"application/json")]
-
-# Request ids: a random per-process prefix and a counter. uuid4() reads os.urandom on every
-# call, which profiling showed to be a sixth of a small request's cost.
-_ID_PREFIX = os.urandom(6).hex()
-_ID_COUNTER = itertools.count(1)
-
-
-# A request id, from the x-request-id header or the body's `id`, is echoed in the x-request-id
-# header, the access log and the shadow log only if it is safe and short there: visible ASCII
-# (no space), at most 256 characters. Any other gets a generated id in its place.
-def _header_safe(value: str | None) -> str | None:
-    if value and len(value) <= 256 and value.isascii() and value.isprintable() and " " not in value:
-        return value
-    return None
-
-
-def new_request_id() -> str:
-    """An id unique across processes and restarts (random prefix), cheap to make."""
-    return f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
-
 
 class InferenceEndpoint:
     """One inference protocol (v2 or v1) served through the InferenceService."""
