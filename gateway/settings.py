@@ -273,7 +273,7 @@ class Settings(_Frozen):
     models: dict[Name, ModelConfig] = Field(min_length=1)
     consumers: tuple[ConsumerConfig, ...] = Field(
         default=(),
-        description='Event-stream consumers: requests read from Redis Streams or Kafka, '
+        description="Event-stream consumers: requests read from Redis Streams or Kafka, "
         'predictions written to another stream (README "Event streams").',
     )
 

@@ -36,6 +36,7 @@ Encoded = tuple[bytes, int | None]
 RawHeaders = list[tuple[bytes, bytes]]
 JSON: RawHeaders = [(b"content-type", b"application/json")]
 
+
 class InferenceEndpoint:
     """One inference protocol (v2 or v1) served through the InferenceService."""
 
