@@ -13,7 +13,6 @@ errors) per variant: every worker and replica adds into the same ones, so the on
   per model, both written in batches off the request path.
 """
 
-import itertools
 import time
 from collections import deque
 from typing import Protocol
@@ -45,51 +44,52 @@ class FeedbackStore(Protocol):
 
 
 class MemoryFeedback:
-    """Embedded mode: everything in this process (see the module docstring). One dict holds
-    every kept answer; a queue of (time, keys) per keep call lets expiry and the cap drop the
-    oldest answers by key, without scanning."""
+    """Embedded mode: everything in this process (see the module docstring). A dict per model
+    and variant maps each request id to its answer's predictions; a queue of (time, that dict,
+    ids) per keep call lets expiry and the cap drop the oldest answers by id, without
+    scanning. Nothing else is kept per answer: at the default cap the store is most of a
+    worker's growth under load (docs/benchmarks.md, "Memory")."""
 
     def __init__(self, ttl_s: float, max_predictions: int) -> None:
         self.ttl_s = ttl_s
         self.max_predictions = max_predictions
-        self._kept: dict[tuple[str, str, str], tuple[float, bytes]] = {}  # model, id, variant
-        self._order: deque[tuple[float, list[tuple[str, str, str]]]] = deque()
-        self._count = 0  # keys in _order (a reused request id is counted again)
+        self._kept: dict[tuple[str, str], dict[str, bytes]] = {}  # (model, variant) -> id ->
+        self._order: deque[tuple[float, dict[str, bytes], list[str]]] = deque()
+        self._count = 0  # ids in _order (a reused request id is counted again)
         self._scores: dict[str, Scores] = {}
 
     async def keep(
         self, model: str, variant: str, request_ids: list[str], predictions: list[bytes]
     ) -> None:
         now = time.time()
-        keys = list(zip(itertools.repeat(model), request_ids, itertools.repeat(variant)))
-        stamped = zip(itertools.repeat(now), predictions, strict=False)
-        self._kept.update(zip(keys, stamped, strict=True))
-        self._order.append((now, keys))
-        self._count += len(keys)
+        kept = self._kept.setdefault((model, variant), {})
+        kept.update(zip(request_ids, predictions, strict=True))
+        self._order.append((now, kept, request_ids))
+        self._count += len(request_ids)
         self._trim(now)
 
     def _trim(self, now: float) -> None:
         """Drop what is past the TTL, then the oldest while over the cap (a reused request id
         keeps its first place in the queue, so it may go early)."""
-        order, kept = self._order, self._kept
+        order = self._order
         while order and (order[0][0] < now - self.ttl_s or self._count > self.max_predictions):
-            _, keys = order.popleft()
-            self._count -= len(keys)
-            for key in keys:
-                kept.pop(key, None)
+            _, kept, request_ids = order.popleft()
+            self._count -= len(request_ids)
+            for request_id in request_ids:
+                kept.pop(request_id, None)
 
     async def take(
         self, model: str, request_ids: list[str], variants: list[str]
     ) -> list[dict[str, bytes]]:
-        now = time.time()
-        self._trim(now)
+        self._trim(time.time())  # what is left is within the TTL
+        kept = [(variant, self._kept.get((model, variant), {})) for variant in variants]
         found = []
         for request_id in request_ids:
             answers = {}
-            for variant in variants:
-                entry = self._kept.pop((model, request_id, variant), None)
-                if entry is not None and now - entry[0] <= self.ttl_s:
-                    answers[variant] = entry[1]
+            for variant, by_id in kept:
+                prediction = by_id.pop(request_id, None)
+                if prediction is not None:
+                    answers[variant] = prediction
             found.append(answers)
         return found
 
