@@ -95,7 +95,7 @@ class Checkpoint:
     def parts(self) -> Iterator[pa.Table]:
         """The finished parts in chunk order (rows of chunk 0 first)."""
         for chunk in sorted(self.done):
-            yield pq.read_table(self.part(chunk))
+            yield pq.ParquetFile(self.part(chunk)).read()
 
     def remove(self) -> None:
         for chunk in self.done:

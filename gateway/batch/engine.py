@@ -8,6 +8,7 @@ merges the parts into the output file. Both engines call the same `predict_chunk
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import numpy as np
@@ -37,6 +38,12 @@ def run_batch(job: BatchJob, engine: str = "local", workers: int = 1) -> int:
     plan = plan_job(job)
     checkpoint = Checkpoint(job.output, plan.fingerprint())
     checkpoint.open()
+    if checkpoint.done:
+        print(
+            f"gateway batch: resuming {checkpoint.folder}: {len(checkpoint.done)} chunks "
+            f"({sum(checkpoint.done.values())} rows) already done",
+            file=sys.stderr,
+        )
     with _progress(plan, checkpoint) as done:
         if engine == "ray":
             from gateway.batch.ray_engine import run_on_ray

@@ -19,7 +19,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.dataset as ds
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
@@ -39,18 +38,21 @@ def file_format(path: Path) -> str:
 
 
 class InputFile:
-    """An input file as a pyarrow dataset: its schema, and its rows chunk by chunk."""
+    """An input file: its schema, and its rows chunk by chunk.
+
+    pyarrow's own streaming readers (not `pyarrow.dataset`, whose import loads pandas: two
+    seconds of every run's start-up)."""
 
     def __init__(self, path: Path, floats: Mapping[str, pa.DataType] | None = None) -> None:
         """`floats`: columns read as these types whatever the text says (CSV and JSON infer a
         type from the first block only: a column of `1` then `1.5` would fail later)."""
         self.path = path
         self.format = file_format(path)
+        self._floats = dict(floats or {})
         if not path.is_file():
             raise ConfigError(f"{path}: no such input file")
         try:
-            self.dataset = ds.dataset(path, format=_reader(self.format, floats or {}))
-            self.schema: pa.Schema = self.dataset.schema
+            self.schema = self._schema()
         except (pa.ArrowException, OSError) as exc:
             raise ConfigError(f"{path}: cannot read it as {self.format}: {exc}") from None
 
@@ -60,9 +62,9 @@ class InputFile:
 
     def chunks(self, chunk_rows: int, columns: list[str]) -> Iterator[pa.Table]:
         """Every chunk in order; ConfigError (naming the file) for rows that cannot be read."""
-        batches = self.dataset.to_batches(columns=columns, batch_size=chunk_rows)
         try:
-            yield from exact_chunks(batches, chunk_rows)
+            batches = self._batches(columns, chunk_rows)
+            yield from exact_chunks((batch.select(columns) for batch in batches), chunk_rows)
         except pa.ArrowException as exc:
             raise ConfigError(f"{self.path}: cannot read its rows: {exc}") from None
 
@@ -77,7 +79,29 @@ class InputFile:
         raise ConfigError(f"{self.path}: has no chunk {index} of {chunk_rows} rows")
 
     def count_rows(self) -> int:
-        return int(self.dataset.count_rows())
+        if self.format == "parquet":
+            return int(pq.ParquetFile(self.path).metadata.num_rows)
+        return sum(batch.num_rows for batch in self._batches(None))
+
+    def _schema(self) -> pa.Schema:
+        if self.format == "parquet":
+            return pq.ParquetFile(self.path).schema_arrow
+        return self._text_reader(None).schema
+
+    def _batches(self, columns: list[str] | None, rows: int = 65536) -> Iterator[pa.RecordBatch]:
+        """The file's record batches (`columns` only, where the format reads them apart)."""
+        if self.format == "parquet":
+            return pq.ParquetFile(self.path).iter_batches(batch_size=rows, columns=columns)
+        return iter(self._text_reader(columns))
+
+    def _text_reader(self, columns: list[str] | None) -> pa.RecordBatchReader:
+        if self.format == "csv":
+            convert = pacsv.ConvertOptions(column_types=self._floats, include_columns=columns)
+            return pacsv.open_csv(self.path, convert_options=convert)
+        parse = pajson.ParseOptions(unexpected_field_behavior="infer")
+        if self._floats:
+            parse.explicit_schema = pa.schema(list(self._floats.items()))
+        return pajson.open_json(self.path, parse_options=parse)
 
 
 def exact_chunks(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
@@ -95,16 +119,6 @@ def exact_chunks(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.Ta
                 pending, count = [], 0
     if count:
         yield pa.Table.from_batches(pending)
-
-
-def _reader(kind: str, floats: Mapping[str, pa.DataType]) -> ds.FileFormat | str:
-    if kind == "csv" and floats:
-        return ds.CsvFileFormat(convert_options=pacsv.ConvertOptions(column_types=dict(floats)))
-    if kind == "json" and floats:
-        schema = pa.schema(list(floats.items()))
-        options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer")
-        return ds.JsonFileFormat(parse_options=options)
-    return kind
 
 
 def _parquet_rows(path: Path, start: int, rows: int, columns: list[str]) -> pa.Table:
