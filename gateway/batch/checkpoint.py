@@ -98,10 +98,8 @@ class Checkpoint:
             yield pq.ParquetFile(self.part(chunk)).read()
 
     def remove(self) -> None:
-        for chunk in self.done:
-            self.part(chunk).unlink(missing_ok=True)
-        for leftover in self.folder.glob(".*.partial"):
-            leftover.unlink()
+        for part in [*self.folder.glob("part-*.parquet"), *self.folder.glob(".*.partial")]:
+            part.unlink()  # unmarked parts too: a chunk made again after a kill
         (self.folder / MANIFEST).unlink(missing_ok=True)
         self.folder.rmdir()
 

@@ -91,7 +91,9 @@ class InputFile:
     def _batches(self, columns: list[str] | None, rows: int = 65536) -> Iterator[pa.RecordBatch]:
         """The file's record batches (`columns` only, where the format reads them apart)."""
         if self.format == "parquet":
-            return pq.ParquetFile(self.path).iter_batches(batch_size=rows, columns=columns)
+            file = pq.ParquetFile(self.path)
+            batches: Iterator[pa.RecordBatch] = file.iter_batches(batch_size=rows, columns=columns)
+            return batches
         return iter(self._text_reader(columns))
 
     def _text_reader(self, columns: list[str] | None) -> pa.RecordBatchReader:

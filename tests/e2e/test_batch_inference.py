@@ -22,6 +22,8 @@ import yaml
 from sklearn.datasets import load_iris
 from support import MODELS, make_slow_batchable_model, wait_until
 
+from gateway.cli import main
+
 pytestmark = pytest.mark.e2e
 
 ROWS = 30
@@ -34,7 +36,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     Parquet, CSV and JSON lines, each with a string id column."""
     folder = tmp_path_factory.mktemp("batch")
     data = load_iris().data[:: 150 // ROWS][:ROWS]
-    table = pa.table({"id": [f"row-{i}" for i in range(ROWS)], **dict(zip(FEATURES, data.T))})
+    table = pa.table(
+        {"id": [f"row-{i}" for i in range(ROWS)], **dict(zip(FEATURES, data.T, strict=True))}
+    )
     pq.write_table(table, folder / "iris.parquet", row_group_size=7)
     pacsv.write_csv(table, folder / "iris.csv")
     (folder / "iris.jsonl").write_text("".join(json.dumps(r) + "\n" for r in table.to_pylist()))
@@ -45,8 +49,15 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "data_dir": str(folder / "data"),
         "models": {
             "iris": {
-                "variants": {v: {"path": f"iris/{n}/model.onnx"} for n, v in ((1, "blue"), (2, "green"), (3, "mlp"))},
-                "routing": {"live": "blue", "canary": {"variant": "green", "weight": 0.5}, "shadows": [{"variant": "mlp", "sample": 1.0}]},
+                "variants": {
+                    v: {"path": f"iris/{n}/model.onnx"}
+                    for n, v in ((1, "blue"), (2, "green"), (3, "mlp"))
+                },
+                "routing": {
+                    "live": "blue",
+                    "canary": {"variant": "green", "weight": 0.5},
+                    "shadows": [{"variant": "mlp", "sample": 1.0}],
+                },
             },
             "slow": {"variants": {"v1": {"path": "slow/model.onnx"}}, "routing": {"live": "v1"}},
         },
@@ -106,20 +117,31 @@ def test_three_formats_routed_and_direct(files: dict[str, Path]) -> None:
         assert [row["id"] for row in answers] == [f"row-{i}" for i in range(ROWS)]
         for i, row in enumerate(answers):
             label, probabilities = expected[row["variant"]]
-            found = row["probabilities"] if name != "csv" else [row[f"probabilities[{k}]"] for k in range(3)]
+            found = (
+                row["probabilities"]
+                if name != "csv"
+                else [row[f"probabilities[{k}]"] for k in range(3)]
+            )
             assert row["label"] == label[i]
             np.testing.assert_allclose(found, probabilities[i], rtol=1e-6)
         assert name == "parquet" or {row["variant"] for row in answers} == {"green"}
     shadowed = (folder / "data" / "shadow" / "iris.jsonl").read_text().splitlines()
-    assert sorted(json.loads(line)["request_id"] for line in shadowed) == sorted(f"row-{i}" for i in range(ROWS))
+    assert sorted(json.loads(line)["request_id"] for line in shadowed) == sorted(
+        f"row-{i}" for i in range(ROWS)
+    )
     assert not (folder / "out.parquet.parts").exists()
 
 
-def test_bad_inputs_write_nothing(files: dict[str, Path]) -> None:
-    """A missing column, a text column among the features, an unknown model or variant: exit 2
-    with a message naming it, and no output or checkpoint."""
+def test_bad_inputs_write_nothing(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing column, a text column among the features, too few features, an unknown model or
+    variant: exit 2 with a message naming it, and no output or checkpoint (the command's own
+    `main`, in this process: each is refused before anything runs)."""
     folder = files["folder"]
-    text = pa.table({"id": [1, 2], "a": [1.0, 2.0], "b": [1.0, 2.0], "species": ["x", "y"], "d": [1.0, 2.0]})
+    text = pa.table(
+        {"id": [1, 2], "a": [1.0, 2.0], "b": [1.0, 2.0], "species": ["x", "y"], "d": [1.0, 2.0]}
+    )
     pacsv.write_csv(text, folder / "text.csv")
     source = ["--input", str(folder / "iris.parquet")]
     cases = {
@@ -128,26 +150,39 @@ def test_bad_inputs_write_nothing(files: dict[str, Path]) -> None:
         "input 'input' takes 4 features per row (shape [-1, 4]); the feature columns are 2": ["iris", *source, "--columns", "sepal_length,sepal_width"],
         "unknown model 'roses'": ["roses", *source],
         "model 'iris' has no variant 'purple'": ["iris", *source, "--variant", "purple"],
+        "the format is read from the extension": ["iris", *source],
     }  # fmt: skip
-    runs = {}
-    for index, (message, args) in enumerate(cases.items()):
-        output = folder / f"bad-{index}.parquet"
-        runs[message] = (output, batch(files["config"], *args, "--output", str(output)))
-    for message, (output, process) in runs.items():
-        code, stderr = finish(process)
-        assert code == 2 and message in stderr, stderr
-        assert "Traceback" not in stderr
+    for message, args in cases.items():
+        output = folder / ("bad.xlsx" if "extension" in message else "bad.parquet")
+        assert (
+            main(["batch", *args, "--output", str(output), "--config", str(files["config"])]) == 2
+        )
+        stderr = capsys.readouterr().err
+        assert message in stderr and "Traceback" not in stderr
         assert not output.exists() and not output.with_name(output.name + ".parts").exists()
 
 
-def test_killed_half_way_and_resumed(files: dict[str, Path]) -> None:
+def test_killed_half_way_and_resumed(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     """SIGKILL once some chunks are checkpointed; the same command again predicts the rest
     (another chunk size is refused, naming it), and the output has every id exactly once."""
     folder = files["folder"]
-    rows = 120
-    pq.write_table(pa.table({"id": np.arange(rows) * 10, **{f: np.full(rows, 1.5) for f in FEATURES}}), folder / "many.parquet")
+    rows = 60
+    pq.write_table(
+        pa.table({"id": np.arange(rows) * 10, **{f: np.full(rows, 1.5) for f in FEATURES}}),
+        folder / "many.parquet",
+    )
     output = folder / "many.jsonl"
-    args = ["slow", "--input", str(folder / "many.parquet"), "--output", str(output), "--chunk-rows", "10"]
+    args = [
+        "slow",
+        "--input",
+        str(folder / "many.parquet"),
+        "--output",
+        str(output),
+        "--chunk-rows",
+        "10",
+    ]
     first = batch(files["config"], *args)
     manifest = folder / "many.jsonl.parts" / "manifest.json"
 
@@ -160,11 +195,11 @@ def test_killed_half_way_and_resumed(files: dict[str, Path]) -> None:
     first.communicate(timeout=10)
     done = json.loads(manifest.read_text())["done"]
     assert 2 <= len(done) < rows // 10 and not output.exists()
-    code, stderr = finish(batch(files["config"], *args[:-1], "7"))
-    assert code == 2 and "another chunk_rows" in stderr
-    code, stderr = finish(batch(files["config"], *args))
-    assert code == 0, stderr
-    assert f"{len(done)} chunks ({10 * len(done)} rows) already done" in stderr
+    config = ["--config", str(files["config"])]
+    assert main(["batch", *args[:-1], "7", *config]) == 2  # in this process, as below
+    assert "another chunk_rows" in capsys.readouterr().err
+    assert main(["batch", *args, *config]) == 0
+    assert f"{len(done)} chunks ({10 * len(done)} rows) already done" in capsys.readouterr().err
     answers = read_output(output)
     assert [row["id"] for row in answers] == list(range(0, rows * 10, 10))
     assert all(row["scores"] == [3.0] * 4 for row in answers)
@@ -191,6 +226,13 @@ def test_ray_engine_gives_the_same_output(files: dict[str, Path], local_ray: Non
     outputs = {}
     for engine in ("local", "ray"):
         outputs[engine] = folder / f"{engine}.parquet"
-        job = BatchJob(files["config"], "iris", folder / "iris.parquet", outputs[engine], variant="blue", chunk_rows=8)
+        job = BatchJob(
+            files["config"],
+            "iris",
+            folder / "iris.parquet",
+            outputs[engine],
+            variant="blue",
+            chunk_rows=8,
+        )
         assert run_batch(job, engine, workers=1) == ROWS
     assert pq.read_table(outputs["ray"]).equals(pq.read_table(outputs["local"]))
