@@ -21,7 +21,11 @@ delivery semantics"):
   nothing is committed and the partitions are rewound (seek) to the batch's first offsets, so
   the batch is read and answered again;
 - lag: over every partition of `input`, the high watermark minus the group's committed offset
-  (with nothing committed yet: minus the low watermark when `start` is earliest, else 0).
+  (with nothing committed yet: minus the low watermark when `start` is earliest, else 0),
+  asked of the brokers by an AdminClient in one request each (ListOffsets, OffsetFetch): its
+  futures are awaited on the loop, so the consumer's thread never waits for them (the
+  Consumer's own `get_watermark_offsets` asks partition by partition, 0.5 s each against
+  librdkafka's mock cluster).
 
 The client is made when the gateway starts; without confluent-kafka installed that is a
 ConfigError naming the extra.
@@ -49,6 +53,7 @@ def kafka_module() -> Any:
     """confluent_kafka, imported on first use; ConfigError when the extra is not installed."""
     try:
         import confluent_kafka
+        import confluent_kafka.admin  # the lag's AdminClient and OffsetSpec
     except ImportError:
         raise ConfigError(
             "consumers with source kafka need confluent-kafka: pip install 'model-gateway[kafka]'"
@@ -73,6 +78,7 @@ class KafkaConsumer(StreamConsumer):
             "auto.offset.reset": config.start,
         })  # fmt: skip
         self.producer = kafka.Producer({"enable.idempotence": True, **common})
+        self.admin = kafka.admin.AdminClient(common)  # offsets for the lag, without blocking
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"kafka-{config.name}")
         self._outage = Outage(f"Kafka of consumer {config.name!r}")
 
@@ -93,7 +99,7 @@ class KafkaConsumer(StreamConsumer):
     async def _step(self) -> None:
         await self.wait_ready()
         if self.lag_due():
-            self.set_lag(await self._call(self._lag))
+            self.set_lag(await self._lag())
         consumed = await self._call(self.consumer.consume, self.config.count, CONSUME_TIMEOUT_S)
         batch = [message for message in consumed if self._usable(message)]
         if batch:
@@ -155,21 +161,40 @@ class KafkaConsumer(StreamConsumer):
                 log.info("consumer %s: partition %d not rewound: %s", self.config.name,
                          partition, exc)  # fmt: skip
 
-    def _lag(self) -> int:
+    async def _lag(self) -> int:
         """The group's lag over every partition of the input topic (module docstring)."""
         kafka, topic = self.kafka, self.config.input
-        metadata = self.consumer.list_topics(topic, timeout=REQUEST_TIMEOUT_S).topics[topic]
-        partitions = [kafka.TopicPartition(topic, p) for p in metadata.partitions]
-        lag = 0
-        for committed in self.consumer.committed(partitions, timeout=REQUEST_TIMEOUT_S):
-            low, high = self.consumer.get_watermark_offsets(
-                kafka.TopicPartition(topic, committed.partition), timeout=REQUEST_TIMEOUT_S
-            )
-            done = committed.offset
-            if done < 0:  # nothing committed yet: where the group starts reading
-                done = low if self.config.start == "earliest" else high
-            lag += max(0, high - done)
-        return lag
+        metadata = await self._call(self.consumer.list_topics, topic, timeout=REQUEST_TIMEOUT_S)
+        partitions = [kafka.TopicPartition(topic, p) for p in metadata.topics[topic].partitions]
+        if not partitions:
+            return 0
+        done = await self._committed(partitions)
+        ends = await self._offsets(partitions, "latest")
+        start = "earliest" if self.config.start == "earliest" else "latest"
+        starts = await self._offsets(
+            [tp for tp in partitions if done.get(tp.partition, -1) < 0], start
+        )
+        return sum(max(0, end - max(done.get(p, -1), starts.get(p, 0))) for p, end in ends.items())
+
+    async def _committed(self, partitions: list[Any]) -> dict[int, int]:
+        """The group's committed offset of each partition (negative: none yet)."""
+        group = self.config.group_name
+        request = self.kafka.ConsumerGroupTopicPartitions(group, partitions)
+        futures = self.admin.list_consumer_group_offsets(
+            [request], request_timeout=REQUEST_TIMEOUT_S
+        )
+        result = await asyncio.wrap_future(futures[group])
+        return {tp.partition: tp.offset for tp in result.topic_partitions}
+
+    async def _offsets(self, partitions: list[Any], which: str) -> dict[int, int]:
+        """The earliest or latest (high watermark) offset of each partition, in one request."""
+        if not partitions:
+            return {}
+        spec = getattr(self.kafka.admin.OffsetSpec, which)()
+        futures = self.admin.list_offsets(
+            {tp: spec for tp in partitions}, request_timeout=REQUEST_TIMEOUT_S
+        )
+        return {tp.partition: (await asyncio.wrap_future(f)).offset for tp, f in futures.items()}
 
     async def _call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         call = functools.partial(function, *args, **kwargs)
