@@ -14,7 +14,7 @@ import contextlib
 import gc
 import logging
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
@@ -40,6 +40,8 @@ from gateway.service import InferenceService
 from gateway.settings import Settings, load_settings
 from gateway.shadow import ShadowLog, ShadowSink
 from gateway.sinks import JsonLinesSink, RedisStreamSink
+from gateway.sources.follow import AliasFollower
+from gateway.sources.resolve import Key, ResolvedSource
 from gateway.streams.config import select_consumers
 from gateway.streams.tasks import ConsumerTasks
 
@@ -59,6 +61,7 @@ class Gateway:
     service: InferenceService
     monitor: Monitor
     rollouts: RolloutController
+    model_sources: AliasFollower
     consumers: ConsumerTasks
 
     def __init__(
@@ -122,6 +125,8 @@ class Gateway:
             lambda model: self.settings.models[model].monitoring.psi_threshold,
         )  # fmt: skip
         self.rollouts.start()
+        self.model_sources = AliasFollower(self)  # models:/NAME@ALIAS variants follow the alias
+        self.model_sources.start()
         self.control.watch(self._reload_from_peer)
         if settings.access_log:
             self.access_log = AccessLog()
@@ -147,6 +152,7 @@ class Gateway:
                 await self._settling
         if self.access_log is not None:
             self.access_log.stop()
+        await self.model_sources.stop()
         await self.rollouts.stop()
         await self.control.stop()
         await self.monitor.stop()
@@ -155,17 +161,23 @@ class Gateway:
         if self._redis is not None:
             await self._redis.aclose()
 
-    async def reload(self, announce: bool = True) -> list[str]:
-        """Re-read the config file, load new or changed variants, then switch to them.
+    async def reload(
+        self, announce: bool = True, moved: Mapping[Key, ResolvedSource] | None = None
+    ) -> list[str]:
+        """Re-read the config file, load new or changed variants, then switch to them; with
+        `moved` (aliases the registry poll found at new versions), load those with the config
+        as it is.
 
         Sessions are loaded and warmed before anything can route to them; requests keep using
         the old ones until the switch. Routing of existing models stays as the admin API set it.
         """
         async with self._reload_lock:
-            settings = self._reread()
+            settings = self._reread() if moved is None else self.settings
             current = self.service.table.all()
             try:
-                repository = await asyncio.to_thread(load_repository, settings, self.repository)
+                repository = await asyncio.to_thread(
+                    load_repository, settings, self.repository, moved
+                )
             except ConfigError as exc:
                 raise Conflict(f"config not reloaded: {exc}") from None
             for model, state in current.items():

@@ -24,6 +24,7 @@ from pydantic import (
 
 from gateway.errors import ConfigError
 from gateway.rollout.plan import RolloutPlan
+from gateway.sources.uri import is_model_uri, parse_model_uri
 from gateway.streams.config import ConsumerConfig, check_consumers
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=128)]
@@ -43,7 +44,15 @@ class VariantConfig(_Frozen):
     """One ONNX file that can answer for a model, with its queue (README "Batching and
     admission"; the batching fields carry Triton's names and meaning)."""
 
-    path: str = Field(description="Path of the .onnx file, relative to model_repository.")
+    path: str = Field(
+        description="Path of the .onnx file, relative to model_repository; or an MLflow "
+        'registry URI, models:/NAME@ALIAS or models:/NAME/VERSION (README "Sources and sinks").'
+    )
+    on_alias_change: Literal["reload", "rollout"] = Field(
+        default="reload",
+        description="models:/NAME@ALIAS only: when the alias moves to another version, reload "
+        "the variant in place, or load it and start the model's rollout plan of it.",
+    )
     max_batch_size: Count = Field(
         default=0,
         le=65536,
@@ -75,6 +84,18 @@ class VariantConfig(_Frozen):
                     f"preferred_batch_size {size} is larger than max_batch_size "
                     f"{self.max_batch_size}"
                 )
+        return self
+
+    @field_validator("path")
+    @classmethod
+    def _registry_uri(cls, value: str) -> str:
+        return str(parse_model_uri(value)) if is_model_uri(value) else value
+
+    @model_validator(mode="after")
+    def _alias_change_of_alias(self) -> Self:
+        alias = is_model_uri(self.path) and parse_model_uri(self.path).alias
+        if "on_alias_change" in self.model_fields_set and not alias:
+            raise ValueError("on_alias_change applies to models:/NAME@ALIAS paths only")
         return self
 
 
@@ -162,6 +183,13 @@ class ModelConfig(_Frozen):
                 f"rollout.variant names unknown variant {self.rollout.variant!r} "
                 f"(known: {', '.join(sorted(self.variants))})"
             )
+        for name, variant in self.variants.items():
+            shipped = self.rollout is not None and self.rollout.variant == name
+            if variant.on_alias_change == "rollout" and not shipped:
+                raise ValueError(
+                    f"variants.{name}.on_alias_change: rollout needs the model's rollout plan to "
+                    f"ship it (rollout.variant: {name})"
+                )
         return self
 
 
@@ -266,6 +294,17 @@ class Settings(_Frozen):
     monitor_interval_s: float = Field(
         default=1.0, gt=0, description="How often live profiles are folded, shared and compared."
     )
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking server (and Model Registry) of models:/ variant paths; "
+        "unset: MLflow's MLFLOW_TRACKING_URI environment variable.",
+    )
+    mlflow_poll_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How often each models:/NAME@ALIAS variant asks the registry where its "
+        "alias points; a move is downloaded and followed (on_alias_change).",
+    )
     admin_token: SecretStr | None = Field(
         default=None, description="Bearer token of the admin API; unset or empty turns it off."
     )
@@ -293,6 +332,17 @@ class Settings(_Frozen):
         if value and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value or None
+
+    @model_validator(mode="after")
+    def _registry_known(self) -> Self:
+        for model, config in self.models.items():
+            for name, variant in config.variants.items():
+                if is_model_uri(variant.path) and not self.mlflow_tracking_uri:
+                    raise ValueError(
+                        f"models.{model}.variants.{name}.path {variant.path} needs "
+                        "mlflow_tracking_uri (or MLFLOW_TRACKING_URI) to name the registry"
+                    )
+        return self
 
     def resolve(self, base: Path) -> "Settings":
         """The same settings with relative paths made absolute against `base`."""
@@ -328,6 +378,8 @@ def load_settings(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
     for var, field in ENV_OVERRIDES.items():
         if var in env:
             raw[field] = env[var] or None
+    if not raw.get("mlflow_tracking_uri") and env.get("MLFLOW_TRACKING_URI"):
+        raw["mlflow_tracking_uri"] = env["MLFLOW_TRACKING_URI"]  # as MLflow's client does
     raw["config_path"] = str(file.resolve())
     try:
         settings = Settings.model_validate(raw)

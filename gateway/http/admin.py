@@ -87,12 +87,17 @@ async def parse_body(
 
 
 def state_json(gateway: Gateway, model: str, state: RoutingState) -> dict[str, Any]:
-    """The admin API's view of one model's routing (the README's admin API table)."""
-    return {
+    """The admin API's view of one model's routing (the README's admin API table), with the
+    registry version of each `models:/` variant (README "Sources and sinks")."""
+    view = {
         "model": model,
         **state.to_dict(),
         "variants": sorted(gateway.repository.variants(model)),
     }
+    sources = gateway.model_sources.describe(model)
+    if sources:
+        view["sources"] = sources
+    return view
 
 
 def _answer(gateway: Gateway, model: str, state: RoutingState) -> Response:

@@ -8,6 +8,7 @@ from pathlib import Path
 from gateway.errors import ConfigError, NotFound
 from gateway.runtime.session import ModelSession
 from gateway.settings import ModelConfig, Settings
+from gateway.sources.resolve import Key, ResolvedSource, remember_aliases, resolve_sources
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +25,14 @@ class _FileKey:
 class ModelRepository:
     """All loaded and warmed-up sessions, by model name then variant name. Never mutated."""
 
-    def __init__(self, models: Mapping[str, Mapping[str, ModelSession]]) -> None:
+    def __init__(
+        self,
+        models: Mapping[str, Mapping[str, ModelSession]],
+        sources: Mapping[Key, ResolvedSource] | None = None,
+    ) -> None:
         self._models = {name: dict(variants) for name, variants in models.items()}
+        # Where each models:/ variant's file came from (README "Sources and sinks").
+        self.sources: Mapping[Key, ResolvedSource] = dict(sources or {})
 
     @property
     def models(self) -> Mapping[str, Mapping[str, ModelSession]]:
@@ -51,19 +58,27 @@ class ModelRepository:
             ) from None
 
 
-def load_repository(settings: Settings, previous: ModelRepository | None = None) -> ModelRepository:
-    """Load and warm up every variant of `settings`, reusing unchanged sessions of `previous`.
+def load_repository(
+    settings: Settings,
+    previous: ModelRepository | None = None,
+    moved: Mapping[Key, ResolvedSource] | None = None,
+) -> ModelRepository:
+    """Load and warm up every variant of `settings`, reusing unchanged sessions of `previous`;
+    `models:/` variants at the version they serve in `previous`, or `moved` (a followed alias),
+    or the registry's (gateway.sources.resolve).
 
     Blocking (seconds for big models): call it from a thread. Raises ConfigError naming the model,
     the variant and the reason for the first variant that cannot be served.
     """
     reusable = _sessions_by_file(previous) if previous else {}
+    sources = resolve_sources(settings, previous.sources if previous else {}, moved or {})
     loaded: dict[_FileKey, ModelSession] = {}
     models = {
-        name: _load_model(name, config, settings.model_repository, reusable, loaded)
+        name: _load_model(name, config, settings.model_repository, reusable, loaded, sources)
         for name, config in settings.models.items()
     }
-    return ModelRepository(models)
+    remember_aliases(settings, sources)
+    return ModelRepository(models, sources)
 
 
 def _load_model(
@@ -72,11 +87,13 @@ def _load_model(
     root: Path,
     reusable: dict[_FileKey, ModelSession],
     loaded: dict[_FileKey, ModelSession],
+    sources: Mapping[Key, ResolvedSource],
 ) -> dict[str, ModelSession]:
     """Variants naming the same (unchanged) file share one onnxruntime session."""
     sessions = {}
     for variant, spec in config.variants.items():
-        path = _resolve(root, name, variant, spec.path)
+        source = sources.get((name, variant))
+        path = source.path if source else _resolve(root, name, variant, spec.path)
         key = _FileKey(path, *_stat(path))
         session = reusable.get(key)
         if session is None or session.model != name or session.variant != variant:

@@ -1,0 +1,296 @@
+"""Variants from a real MLflow Model Registry: a tracking server (sqlite backend, local artifact
+store) started once for the module, two registered versions of an iris model that answer
+differently, and one gateway process that serves `models:/iris@champion`, follows the alias,
+and keeps serving when the registry stops (README "Sources and sinks")."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+import yaml
+from support import ADMIN, IRIS_ROWS, MODELS, GatewayProcess, free_port, iris_body, wait_until
+
+from gateway.errors import ConfigError
+from gateway.runtime import load_repository
+from gateway.settings import load_settings
+
+pytestmark = pytest.mark.e2e
+
+VERSIONS = {"1": MODELS / "iris" / "1" / "model.onnx", "2": MODELS / "iris" / "3" / "model.onnx"}
+
+
+class MlflowServer:
+    """`mlflow server` on a free port, one worker and no job runner (the test needs neither),
+    stopped by its process group's id."""
+
+    def __init__(self, directory: Path) -> None:
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self._directory = directory
+        self._log = directory / "mlflow.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = [
+            sys.executable, "-m", "mlflow", "server", "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{self._directory / 'mlflow.db'}",
+            "--default-artifact-root", str(self._directory / "artifacts"),
+            "--host", "127.0.0.1", "--port", self.url.rsplit(":", 1)[1],
+        ]  # fmt: skip
+        with self._log.open("wb") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            )  # fmt: skip
+
+    def wait_ready(self) -> None:
+        def health() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"mlflow server exited:\n{self._log.read_text()}")
+            return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+
+        wait_until(health, timeout=180, interval=0.2)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.process = None
+
+
+def register(client: Any, files: dict[str, Path]) -> None:
+    """Log `files` (name -> local file) as a run's artifacts under model/ and register them as
+    the next version of `iris`."""
+    run = client.create_run("0")
+    for name, source in files.items():
+        client.log_artifact(run.info.run_id, str(source), artifact_path="model")
+        assert source.name == name
+    client.set_terminated(run.info.run_id)
+    client.create_model_version("iris", f"{run.info.artifact_uri}/model", run.info.run_id)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MlflowServer, Any]]:
+    """The registry: iris versions 1 and 2 (different answers), 3 (no ONNX file), 4 (two);
+    `champion` and `challenger` point at version 1."""
+    directory = tmp_path_factory.mktemp("mlflow")
+    server = MlflowServer(directory)
+    server.start()  # its start-up overlaps with MLflow's import here
+    from mlflow import MlflowClient
+
+    notes = directory / "README.txt"
+    notes.write_text("not a model")
+    other = directory / "other.onnx"
+    other.write_bytes(VERSIONS["2"].read_bytes())
+    try:
+        server.wait_ready()
+        client = MlflowClient(server.url)
+        client.create_registered_model("iris")
+        for version in ("1", "2"):
+            register(client, {"model.onnx": VERSIONS[version]})
+        register(client, {"README.txt": notes})
+        register(client, {"model.onnx": VERSIONS["1"], "other.onnx": other})
+        for alias in ("champion", "challenger"):
+            client.set_registered_model_alias("iris", alias, "1")
+        yield server, client
+    finally:
+        server.stop()
+
+
+def config(server: MlflowServer, data_dir: Path, **variants: str) -> dict[str, Any]:
+    return {
+        "model_repository": str(MODELS),
+        "data_dir": str(data_dir),
+        "mlflow_tracking_uri": server.url,
+        "mlflow_poll_s": 0.2,
+        "models": {
+            "iris": {
+                "variants": {name: {"path": path} for name, path in variants.items()},
+                "routing": {"live": "champion"},
+            },
+            "ship": {  # a challenger shipped by a rollout whenever its alias moves
+                "variants": {
+                    "blue": {"path": "iris/1/model.onnx"},
+                    "green": {"path": "models:/iris@challenger", "on_alias_change": "rollout"},
+                },
+                "routing": {"live": "blue"},
+                "rollout": {"variant": "green", "steps": [{"pause": True}, {"canary": 0.5}]},
+            },
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def directory(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The gateway's folder: its config file, log and data_dir."""
+    return tmp_path_factory.mktemp("gateway")
+
+
+@pytest.fixture(scope="module")
+def gateway(registry: tuple[MlflowServer, Any], directory: Path) -> Iterator[GatewayProcess]:
+    path = directory / "gateway.yaml"
+    variants = {"champion": "models:/iris@champion", "pinned": "models:/iris/1"}
+    path.write_text(yaml.safe_dump(config(registry[0], directory / "data", **variants)))
+    process = GatewayProcess(path, 1, {"GATEWAY_ADMIN_TOKEN": "secret"}, directory / "log")
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()
+
+
+def expected(version: str) -> list[float]:
+    """Version `version`'s probabilities for IRIS_ROWS, straight from onnxruntime."""
+    session = ort.InferenceSession(str(VERSIONS[version]), providers=["CPUExecutionProvider"])
+    rows = np.array(IRIS_ROWS, dtype=np.float32)
+    return [float(x) for x in session.run(["probabilities"], {"input": rows})[0].ravel()]
+
+
+def answers(
+    gateway: GatewayProcess, variant: str | None = None, model: str = "iris"
+) -> list[float]:
+    route = f"versions/{variant}/infer" if variant else "infer"
+    response = httpx.post(f"{gateway.url}/v2/models/{model}/{route}", json=iris_body(IRIS_ROWS))
+    assert response.status_code == 200, response.text
+    outputs = {output["name"]: output["data"] for output in response.json()["outputs"]}
+    return [float(x) for x in np.ravel(outputs["probabilities"])]
+
+
+def same(got: list[float], version: str) -> bool:
+    return bool(np.allclose(got, expected(version), rtol=1e-5, atol=1e-7))
+
+
+def sources(gateway: GatewayProcess, model: str = "iris") -> dict[str, Any]:
+    view = httpx.get(f"{gateway.url}/admin/models/{model}", headers=ADMIN).json()
+    return dict(view["sources"])
+
+
+def source_errors(gateway: GatewayProcess, variant: str) -> float:
+    text = httpx.get(f"{gateway.url}/metrics").text
+    found = re.search(
+        rf'gateway_model_source_errors_total{{model="iris",variant="{variant}"}} (\S+)', text
+    )
+    return float(found[1]) if found else 0.0
+
+
+def test_serves_the_alias_version_and_the_pinned_one(gateway: GatewayProcess) -> None:
+    """models:/iris@champion and models:/iris/1 both answer with version 1's outputs, and the
+    admin view shows each variant's URI and version."""
+    assert not same(expected("2"), "1")  # the two versions can be told apart
+    assert same(answers(gateway), "1")
+    assert same(answers(gateway, "pinned"), "1")
+    assert sources(gateway) == {
+        "champion": {"uri": "models:/iris@champion", "version": "1", "error": None},
+        "pinned": {"uri": "models:/iris/1", "version": "1", "error": None},
+    }
+
+
+@pytest.mark.parametrize(
+    ("path", "says"),
+    [
+        ("models:/iris/9", "Model Version (name=iris, version=9) not found"),
+        ("models:/iris@nobody", "alias nobody not found"),
+        ("models:/absent@champion", "name=absent not found"),
+        ("models:/iris/3", "version 3 has no .onnx file among its artifacts"),
+        (
+            "models:/iris/4",
+            "version 4 has 2 .onnx files (model.onnx, other.onnx)",
+        ),
+        ("models:/iris/Production", "stages are deprecated in MLflow"),
+    ],
+)
+def test_reload_refuses_what_the_registry_cannot_serve(
+    gateway: GatewayProcess,
+    registry: tuple[MlflowServer, Any],
+    directory: Path,
+    path: str,
+    says: str,
+) -> None:
+    """A reload naming a missing version, alias or model, a version without exactly one ONNX
+    file, or a stage is a 409 that says so; the same is a start-up error; serving goes on."""
+    original = (directory / "gateway.yaml").read_text()
+    changed = config(registry[0], directory / "data", champion="models:/iris@champion", pinned=path)
+    (directory / "gateway.yaml").write_text(yaml.safe_dump(changed))
+    try:
+        response = httpx.post(f"{gateway.url}/admin/reload", headers=ADMIN)
+    finally:
+        (directory / "gateway.yaml").write_text(original)
+    assert response.status_code == 409
+    assert says in response.json()["error"]
+    assert same(answers(gateway, "pinned"), "1")
+    with pytest.raises(
+        ConfigError, match=re.escape(says)
+    ):  # what `gateway serve` says before exit 2
+        scratch = directory / "scratch.yaml"
+        scratch.write_text(yaml.safe_dump({**changed, "data_dir": str(directory / "scratch")}))
+        load_repository(load_settings(scratch, env={}))
+
+
+def test_follows_the_alias_to_its_new_version(
+    gateway: GatewayProcess, registry: tuple[MlflowServer, Any]
+) -> None:
+    """Moving champion to version 2 switches the live variant to version 2's answers with no
+    failed request; the pinned variant stays at 1; challenger's move begins a rollout."""
+    client = registry[1]
+    client.set_registered_model_alias("iris", "champion", "2")
+    client.set_registered_model_alias("iris", "challenger", "2")
+    wait_until(lambda: same(answers(gateway), "2"), timeout=30)
+    assert same(answers(gateway, "pinned"), "1")
+    assert sources(gateway)["champion"] == {
+        "uri": "models:/iris@champion", "version": "2", "error": None
+    }  # fmt: skip
+
+    def rollout() -> dict[str, Any] | None:
+        record = httpx.get(f"{gateway.url}/admin/models/ship/rollout", headers=ADMIN).json()
+        first = record.get("decisions", [{}])[0].get("reason", "")
+        return record if "models:/iris@challenger moved to version 2" in first else None
+
+    record = wait_until(rollout, timeout=30)
+    assert (record["plan"]["variant"], record["phase"]) == ("green", "Paused")
+    assert same(answers(gateway, "green", model="ship"), "2")
+    assert sources(gateway, "ship")["green"]["version"] == "2"
+
+
+def test_a_version_without_onnx_is_not_followed(
+    gateway: GatewayProcess, registry: tuple[MlflowServer, Any]
+) -> None:
+    """An alias moved to a version that cannot be served leaves the variant at its version,
+    with the problem in the admin view and counted in gateway_model_source_errors_total."""
+    errors = source_errors(gateway, "champion")
+    registry[1].set_registered_model_alias("iris", "champion", "3")
+    wait_until(lambda: ".onnx" in (sources(gateway)["champion"]["error"] or ""), timeout=30)
+    assert source_errors(gateway, "champion") > errors
+    assert sources(gateway)["champion"]["version"] == "2"
+    assert same(answers(gateway), "2")
+    registry[1].set_registered_model_alias("iris", "champion", "2")
+    wait_until(lambda: sources(gateway)["champion"]["error"] is None, timeout=30)
+
+
+def test_a_registry_that_stops_changes_nothing_served(
+    gateway: GatewayProcess, registry: tuple[MlflowServer, Any], directory: Path
+) -> None:
+    """With the registry stopped the gateway keeps answering with version 2, says so once in
+    its log and counts every failed poll; a restart serves version 2 from the cache."""
+    server = registry[0]
+    server.stop()
+    errors = source_errors(gateway, "champion")
+    wait_until(lambda: source_errors(gateway, "champion") >= errors + 3, timeout=30)
+    assert same(answers(gateway), "2")
+    assert gateway.output().count("the MLflow registry cannot be asked") == 1
+    assert "cannot be asked" in sources(gateway)["champion"]["error"]
+    restarted = load_repository(load_settings(directory / "gateway.yaml", env={}))
+    champion = restarted.sources[("iris", "champion")]
+    assert (champion.version, champion.cached_only) == ("2", True)
+    assert champion.path == directory / "data" / "mlflow" / "iris" / "2" / "model.onnx"
