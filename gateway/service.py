@@ -132,19 +132,20 @@ class InferenceService:
         row_ids: Sequence[str],
     ) -> None:
         """Hand each row of a batch to the monitor, and to sampled shadows, under its own id."""
-        model, variant = result.model, route.variant
+        observe, shadows = self.observe, route.shadows
+        if observe is None and not shadows:
+            return
+        model, variant, outputs = result.model, route.variant, result.outputs
         for row, row_id in enumerate(row_ids):
             picked = slice(row, row + 1)
             row_inputs = {name: array[picked] for name, array in inputs.items()}
-            row_result = result._replace(
-                outputs={name: array[picked] for name, array in result.outputs.items()}
-            )
-            if self.observe is not None:
-                self.observe(model, variant, route.role, row_id, row_inputs, row_result.outputs)
-            for shadow in sample_shadows(route.shadows) if route.shadows else ():
-                self.shadow_log.submit(
-                    ShadowJob(model, shadow.variant, row_id, row_inputs, row_result, elapsed)
-                )
+            row_outputs = {name: array[picked] for name, array in outputs.items()}
+            if observe is not None:
+                observe(model, variant, route.role, row_id, row_inputs, row_outputs)
+            for shadow in sample_shadows(shadows) if shadows else ():
+                answer = result._replace(outputs=row_outputs)
+                job = ShadowJob(model, shadow.variant, row_id, row_inputs, answer, elapsed)
+                self.shadow_log.submit(job)
 
 
 def _output_names(session: ModelSession, request: InferRequest) -> list[str]:

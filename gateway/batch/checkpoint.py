@@ -1,12 +1,13 @@
 """Resuming a batch: finished chunks as part files, and a manifest of them (README "Batch
 inference").
 
-While a job runs, `OUTPUT.parts/` holds one Parquet file per finished chunk (`part-000012.parquet`
-for chunk 12) and `manifest.json`: the job's fingerprint and the finished chunks with their row
-counts. A part is written under a temporary name and renamed, then the manifest is rewritten the
-same way, so a process killed at any point (SIGKILL included) leaves only whole files: a part the
-manifest does not list is made again, and listed chunks are never run twice. At the end the parts
-are merged, in chunk order, into the output file, and the folder is removed.
+While a job runs, `OUTPUT.parts/` holds one Arrow IPC file per finished chunk
+(`part-000012.arrow` for chunk 12: written and read back without encoding) and `manifest.json`:
+the job's fingerprint and the finished chunks with their row counts. A part is written under a
+temporary name and renamed, then the manifest is rewritten the same way, so a process killed at
+any point (SIGKILL included) leaves only whole files: a part the manifest does not list is made
+again, and listed chunks are never run twice. At the end the parts are merged, in chunk order,
+into the output file, and the folder is removed.
 
 The fingerprint is what must not change between a run and its resumption: the input file (path,
 size, modification time, and a SHA-256 of its first and last MiB), the model files, the config
@@ -23,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from gateway.errors import ConfigError
 
@@ -78,13 +78,14 @@ class Checkpoint:
         self.done = {int(chunk): int(rows) for chunk, rows in done.items()}
 
     def part(self, chunk: int) -> Path:
-        return self.folder / f"part-{chunk:06d}.parquet"
+        return self.folder / f"part-{chunk:06d}.arrow"
 
     def save_part(self, chunk: int, table: pa.Table) -> None:
         """Write one chunk's predictions under a temporary name, then rename it."""
         path = self.part(chunk)
         temporary = path.with_name(f".{path.name}.partial")
-        pq.write_table(table, temporary)
+        with pa.OSFile(str(temporary), "wb") as sink, pa.ipc.new_file(sink, table.schema) as file:
+            file.write_table(table)
         os.replace(temporary, path)
 
     def mark(self, chunk: int, rows: int) -> None:
@@ -95,10 +96,11 @@ class Checkpoint:
     def parts(self) -> Iterator[pa.Table]:
         """The finished parts in chunk order (rows of chunk 0 first)."""
         for chunk in sorted(self.done):
-            yield pq.ParquetFile(self.part(chunk)).read()
+            with pa.OSFile(str(self.part(chunk))) as source:
+                yield pa.ipc.open_file(source).read_all()  # read into memory: safe to close
 
     def remove(self) -> None:
-        for part in [*self.folder.glob("part-*.parquet"), *self.folder.glob(".*.partial")]:
+        for part in [*self.folder.glob("part-*.arrow"), *self.folder.glob(".*.partial")]:
             part.unlink()  # unmarked parts too: a chunk made again after a kill
         (self.folder / MANIFEST).unlink(missing_ok=True)
         self.folder.rmdir()

@@ -37,6 +37,7 @@ def add_batch_command(commands: "argparse._SubParsersAction[Any]") -> None:
     batch.add_argument("--batch-rows", type=int, default=1024, help="rows per model run")
     batch.add_argument("--engine", choices=("local", "ray"), default="local")
     batch.add_argument("--workers", type=int, default=1, help="Ray actors (--engine ray)")
+    batch.add_argument("--pushgateway", help="push the metrics to this Pushgateway URL at the end")
 
 
 def run_batch_command(args: argparse.Namespace) -> int:
@@ -48,7 +49,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
 
     job = BatchJob(
         args.config, args.model, args.input, args.output, args.variant, args.id_column,
-        args.columns, args.chunk_rows, args.batch_rows,
+        args.columns, args.chunk_rows, args.batch_rows, args.pushgateway,
     )  # fmt: skip
     try:
         rows = run_batch(job, args.engine, args.workers)

@@ -8,12 +8,14 @@ merges the parts into the output file. Both engines call the same `predict_chunk
 
 import asyncio
 import contextlib
+import os
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, push_to_gateway
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -77,7 +79,8 @@ async def predict_chunk(
 @contextlib.asynccontextmanager
 async def running(plan: Plan) -> AsyncIterator[ChunkPredictor]:
     """An in-process gateway for the plan's model (as `serve` builds one) and its predictor."""
-    gateway = Gateway(plan.settings, CollectorRegistry(), plan.repository)
+    registry = CollectorRegistry()
+    gateway = Gateway(plan.settings, registry, plan.repository)
     service = await gateway.start()
     try:
         if not service.ready:
@@ -85,6 +88,26 @@ async def running(plan: Plan) -> AsyncIterator[ChunkPredictor]:
         yield ChunkPredictor(plan, service)
     finally:
         await gateway.stop()
+        if plan.job.pushgateway:
+            _push(plan, registry)
+
+
+def _push(plan: Plan, registry: CollectorRegistry) -> None:
+    """This process's metrics to a Pushgateway, as Prometheus advises for batch jobs (job
+    `gateway_batch`, grouped by model and instance); a failure is reported, not raised."""
+    instance = f"{socket.gethostname()}:{os.getpid()}"
+    try:
+        push_to_gateway(
+            str(plan.job.pushgateway),
+            job="gateway_batch",
+            registry=registry,
+            grouping_key={"model": plan.job.model, "instance": instance},
+            timeout=10,
+        )
+    except OSError as exc:
+        print(
+            f"gateway batch: metrics not pushed to {plan.job.pushgateway}: {exc}", file=sys.stderr
+        )
 
 
 def _merge(plan: Plan, checkpoint: Checkpoint) -> int:

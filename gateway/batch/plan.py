@@ -36,6 +36,7 @@ class BatchJob:
     columns: tuple[str, ...] | None = None  # feature columns; None: every other column
     chunk_rows: int = 10_000  # rows per chunk: the unit of progress and of resumption
     batch_rows: int = 1024  # rows per request to the service (one model run)
+    pushgateway: str | None = None  # a Prometheus Pushgateway to push the metrics to at the end
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,8 @@ class Plan:
     def fingerprint(self) -> dict[str, Any]:
         """What a resumed run must share with the run that made the checkpoint."""
         job = asdict(self.job)
-        del job["batch_rows"], job["config"], job["input"], job["output"]  # not in the rows
+        for name in ("batch_rows", "pushgateway", "config", "input", "output"):
+            del job[name]  # not what the rows are, or kept below as what they contain
         variants = self.repository.variants(self.job.model)
         return {
             **job,

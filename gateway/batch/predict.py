@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from gateway.batch.plan import VARIANT_COLUMN, Plan
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, InferenceTimeout
 from gateway.routing import Route
 from gateway.service import InferenceService
 from gateway.types import InferRequest, InferResult
@@ -98,7 +98,8 @@ class ChunkPredictor:
                 )
             except GatewayError as exc:
                 _count(service, model, route, len(ids), exc.status_code, started)
-                raise BatchFailed(f"rows {ids[0]} to {ids[-1]}: {exc.message}") from None
+                hint = " (lower --batch-rows)" if isinstance(exc, InferenceTimeout) else ""
+                raise BatchFailed(f"rows {ids[0]} to {ids[-1]}: {exc.message}{hint}") from None
             _count(service, model, route, len(ids), 200, started)
         return rows, result
 

@@ -2,12 +2,15 @@
 bad inputs refused before anything is written, a job killed half-way and resumed, and the Ray
 engine (README "Batch inference")."""
 
+import contextlib
+import http.server
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,7 +46,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     pacsv.write_csv(table, folder / "iris.csv")
     (folder / "iris.jsonl").write_text("".join(json.dumps(r) + "\n" for r in table.to_pylist()))
     shutil.copytree(MODELS / "iris", folder / "models" / "iris")
-    make_slow_batchable_model(folder / "models" / "slow" / "model.onnx")
+    make_slow_batchable_model(folder / "models" / "slow" / "model.onnx", layers=1)
     config = {
         "model_repository": str(folder / "models"),
         "data_dir": str(folder / "data"),
@@ -168,7 +171,7 @@ def test_killed_half_way_and_resumed(
     """SIGKILL once some chunks are checkpointed; the same command again predicts the rest
     (another chunk size is refused, naming it), and the output has every id exactly once."""
     folder = files["folder"]
-    rows = 60
+    rows = 40
     pq.write_table(
         pa.table({"id": np.arange(rows) * 10, **{f: np.full(rows, 1.5) for f in FEATURES}}),
         folder / "many.parquet",
@@ -198,12 +201,46 @@ def test_killed_half_way_and_resumed(
     config = ["--config", str(files["config"])]
     assert main(["batch", *args[:-1], "7", *config]) == 2  # in this process, as below
     assert "another chunk_rows" in capsys.readouterr().err
-    assert main(["batch", *args, *config]) == 0
+    with pushgateway() as (url, pushed):
+        assert main(["batch", *args, *config, "--pushgateway", url]) == 0
     assert f"{len(done)} chunks ({10 * len(done)} rows) already done" in capsys.readouterr().err
+    (path, body), *_ = pushed
+    assert path.startswith("/metrics/job/gateway_batch/instance/") and path.endswith("/model/slow")
+    predicted = rows - 10 * len(done)
+    assert (
+        f'gateway_requests_total{{code="200",model="slow",role="live",variant="v1"}} {predicted}.0'
+        in body
+    )
     answers = read_output(output)
     assert [row["id"] for row in answers] == list(range(0, rows * 10, 10))
     assert all(row["scores"] == [3.0] * 4 for row in answers)
     assert not manifest.parent.exists()
+
+
+@contextlib.contextmanager
+def pushgateway() -> Iterator[tuple[str, list[tuple[str, str]]]]:
+    """A stand-in Prometheus Pushgateway on a free port: the (path, body) of each PUT."""
+    pushed: list[tuple[str, str]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            body = self.rfile.read(int(self.headers["content-length"]))
+            pushed.append((self.path, body.decode()))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", pushed
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 @pytest.fixture(scope="module")
