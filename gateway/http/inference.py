@@ -16,10 +16,10 @@ from typing import Any
 import orjson
 
 from gateway.errors import GatewayError, Unavailable
+from gateway.exchange import choose_route, infer_counted, record_answer, route_headers
 from gateway.http.body import Headers, Receive, read_body
 from gateway.http.compression import encode_body, response_coding
 from gateway.http.responses import INTERNAL_ERROR
-from gateway.metrics import INFLIGHT
 from gateway.protocol import v1, v2
 from gateway.request_ids import header_safe as _header_safe
 from gateway.request_ids import new_request_id
@@ -59,7 +59,7 @@ class InferenceEndpoint:
         try:
             service = service_of(app)
             model: str = scope["path_params"]["model"]
-            route = _route(service, model, scope["path_params"].get("variant"), headers)
+            route = choose_route(service, model, scope["path_params"].get("variant"), headers)
             session = service.session(model, route.variant)
             service.admit(session, started)
             body = await read_body(receive, headers, app.settings.max_body_bytes)
@@ -81,7 +81,10 @@ class InferenceEndpoint:
         if accept is not None and len(payload) > app.settings.compress_above_bytes:
             payload, content = _compressed(payload, content, accept)
         if route is not None:  # counted before the answer leaves, so a scrape after it sees it
-            self._record(app, model, route, status, request_id, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            record_answer(
+                app.service, app.gateway.access_log, model, route, status, request_id, seconds
+            )
         await _send(send, status, payload, [*content, *extra, *_route_headers(route, request_id)])
 
     async def _answer(
@@ -93,12 +96,7 @@ class InferenceEndpoint:
         request_id: str,
         started: float,
     ) -> tuple[bytes, RawHeaders]:
-        gauges = service.metrics.gauges  # written in place: no property call on the hot path
-        gauges[INFLIGHT] += 1
-        try:
-            result = await service.infer(session, route, decoded, request_id, started)
-        finally:
-            gauges[INFLIGHT] -= 1
+        result = await infer_counted(service, session, route, decoded, request_id, started)
         payload, header_length = self._encode(result, decoded, request_id)
         if header_length is None:
             return payload, JSON
@@ -106,15 +104,6 @@ class InferenceEndpoint:
             (b"content-type", b"application/octet-stream"),
             (b"inference-header-content-length", str(header_length).encode()),
         ]
-
-    @staticmethod
-    def _record(
-        app: Any, model: str, route: Route, status: int, request_id: str, seconds: float
-    ) -> None:
-        app.service.metrics.observe_request(model, route.variant, route.role, status, seconds)
-        access_log = app.gateway.access_log
-        if access_log is not None:
-            access_log.record(request_id, model, route.variant, route.role, status, seconds)
 
 
 def _compressed(payload: bytes, content: RawHeaders, accept: bytes) -> tuple[bytes, RawHeaders]:
@@ -138,12 +127,6 @@ def service_of(app: Any) -> InferenceService:
     return service
 
 
-def _route(service: InferenceService, model: str, variant: str | None, headers: Headers) -> Route:
-    if variant is not None:
-        return service.direct(model, variant)
-    return service.route(model, headers)
-
-
 def _route_headers(route: Route | None, request_id: str) -> RawHeaders:
     headers = [(b"x-request-id", request_id.encode("latin-1"))]
     if route is not None:
@@ -153,10 +136,8 @@ def _route_headers(route: Route | None, request_id: str) -> RawHeaders:
 
 @functools.lru_cache(maxsize=1024)  # a few routes per model and revision: encode each once
 def _contract_headers(variant: str, role: str, revision: int) -> tuple[tuple[bytes, bytes], ...]:
-    return (
-        (b"x-gateway-variant", variant.encode()),
-        (b"x-gateway-role", role.encode()),
-        (b"x-gateway-revision", str(revision).encode()),
+    return tuple(
+        (name.encode(), value.encode()) for name, value in route_headers(variant, role, revision)
     )
 
 
