@@ -134,7 +134,7 @@ class Gateway:
         self._settle_routing()
         self.consumers = ConsumerTasks(
             select_consumers(settings.consumers, self._consumer_names), self.service,
-            self.metrics, settings,
+            self.metrics, settings, self.access_log,
         )  # fmt: skip
         self.consumers.start()
         # What start-up made (modules, sessions, scipy's tables) lives as long as the process:

@@ -14,6 +14,7 @@ semantics). Its metrics, summed over workers like the others:
   cannot tell (Redis after entries were deleted from the middle of the stream).
 """
 
+import abc
 import asyncio
 import logging
 import math
@@ -22,6 +23,7 @@ from collections.abc import Iterator, Sequence
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from gateway.access_log import AccessLog
 from gateway.metrics import Metrics
 from gateway.service import InferenceService
 from gateway.settings import Settings
@@ -80,7 +82,7 @@ class Outage:
         self.since, self._pause = None, OUTAGE_PAUSE_S[0]
 
 
-class StreamConsumer:
+class StreamConsumer(abc.ABC):
     """One configured consumer; subclasses read and write their source (`run`)."""
 
     source = ""
@@ -96,14 +98,17 @@ class StreamConsumer:
         self.service = service
         self.metrics = metrics
         self.settings = settings
+        self.access_log: AccessLog | None = None  # the gateway's, when it keeps one
         self.stopping = False
         self.busy = False  # a batch is being answered or written: stop lets it finish
         self.labels: Labels = (self.source, config.input, config.group_name)
         self._next_lag = 0.0
 
+    @abc.abstractmethod
     async def run(self) -> None:
-        raise NotImplementedError
+        """Read, answer, write and acknowledge batches until `stopping`; wait out outages."""
 
+    @abc.abstractmethod
     async def close(self) -> None:
         """Release the source's connections once `run` has ended."""
 
@@ -118,6 +123,7 @@ class StreamConsumer:
                     message,
                     settings.max_body_bytes,
                     settings.request_timeout_s,
+                    self.access_log,
                 )
                 for message in messages
             )

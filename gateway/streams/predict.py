@@ -10,6 +10,9 @@ request id is, in that order, the `x-request-id` header, the body's `id`, the me
 in its stream (each only if it is a safe id, README "Asking for predictions"), so feedback and
 shadow records join with it.
 
+The steps between decoding and encoding are HTTP's and gRPC's (gateway.exchange): the message is
+counted in flight while it runs, and its answer in `gateway_requests_total` and the access log.
+
 The answer is a Record: a prediction (body: the v2 response, as HTTP answers it; headers: `id`,
 `model`, `variant`, `role`, `revision`, `message_id`), or for a message that cannot be answered
 a dead letter (body: the message's own; headers: `message_id`, `model`, `status`, `error`, `id`
@@ -24,11 +27,12 @@ from typing import NamedTuple
 
 import orjson
 
+from gateway.access_log import AccessLog
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge
+from gateway.exchange import infer_counted, record_answer
 from gateway.protocol import v2
 from gateway.request_ids import header_safe, new_request_id
 from gateway.routing import Route
-from gateway.runtime import ModelSession
 from gateway.service import InferenceService
 from gateway.types import InferRequest, InferResult
 
@@ -64,12 +68,18 @@ class Record(NamedTuple):
 
 
 async def answer(
-    service: InferenceService, model: str, message: Message, max_body_bytes: int, retry_s: float
+    service: InferenceService,
+    model: str,
+    message: Message,
+    max_body_bytes: int,
+    retry_s: float,
+    access_log: AccessLog | None = None,
 ) -> Record:
     """The prediction of `message`, or its dead letter; never raises.
 
     A 429 (the variant's queue is full) or 503 (not ready) is asked again after a growing pause
-    for up to `retry_s` seconds, then dead-lettered. Only the last try is counted in the metrics.
+    for up to `retry_s` seconds, then dead-lettered. Only the last try is counted in the metrics
+    (and the access log, when there is one), as an HTTP request with the same status would be.
     """
     deadline = time.monotonic() + retry_s
     pause = RETRY_PAUSE_S[0]
@@ -81,8 +91,9 @@ async def answer(
         await asyncio.sleep(pause)
         pause = min(pause * 2, RETRY_PAUSE_S[1])
     if route is not None:
+        request_id = record.headers.get("id", b"").decode() or message.id
         seconds = time.perf_counter() - started
-        service.metrics.observe_request(model, route.variant, route.role, record.status, seconds)
+        record_answer(service, access_log, model, route, record.status, request_id, seconds)
     return record
 
 
@@ -103,28 +114,13 @@ async def _attempt(
             or header_safe(message.id)
             or new_request_id()
         )
-        result = await _infer(service, session, route, decoded, request_id, started)
+        result = await infer_counted(service, session, route, decoded, request_id, started)
         return prediction(result, decoded, request_id, message.id), route
     except GatewayError as exc:
         return dead_letter(message, model, exc.status_code, exc.message, request_id), route
     except Exception:
         log.exception("unexpected error answering message %s of model %s", message.id, model)
         return dead_letter(message, model, 500, INTERNAL_ERROR, request_id), route
-
-
-async def _infer(
-    service: InferenceService,
-    session: ModelSession,
-    route: Route,
-    decoded: InferRequest,
-    request_id: str,
-    started: float,
-) -> InferResult:
-    service.metrics.inflight += 1  # a stream message in flight counts as a request does
-    try:
-        return await service.infer(session, route, decoded, request_id, started)
-    finally:
-        service.metrics.inflight -= 1
 
 
 def _body(message: Message, max_body_bytes: int) -> bytes:

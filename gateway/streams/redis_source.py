@@ -69,9 +69,9 @@ class RedisConsumer(StreamConsumer):
             except DOWN as exc:
                 await self._outage.wait(exc)
             except ResponseError as exc:
-                if not str(exc).startswith("NOGROUP"):
+                if not str(exc).startswith(("NOGROUP", "ERR no such key")):
                     raise
-                self._has_group = False  # Redis lost it (restarted without persistence)
+                self._has_group = False  # Redis lost it (no persistence) or the stream went
 
     async def close(self) -> None:
         try:

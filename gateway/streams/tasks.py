@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
+from gateway.access_log import AccessLog
 from gateway.metrics import Metrics
 from gateway.service import InferenceService
 from gateway.settings import Settings
@@ -29,6 +30,7 @@ class ConsumerTasks:
         service: InferenceService,
         metrics: Metrics,
         settings: Settings,
+        access_log: AccessLog | None = None,
     ) -> None:
         """ConfigError when a consumer cannot be made (Kafka without confluent-kafka)."""
         self.consumers: list[StreamConsumer] = []
@@ -38,7 +40,9 @@ class ConsumerTasks:
         counters = ConsumerMetrics(metrics)
         for config in configs:
             kind = RedisConsumer if config.source == "redis" else _kafka_consumer()
-            self.consumers.append(kind(config, service, counters, settings))
+            consumer = kind(config, service, counters, settings)
+            consumer.access_log = access_log
+            self.consumers.append(consumer)
 
     def start(self) -> None:
         for consumer in self.consumers:
@@ -63,7 +67,10 @@ class ConsumerTasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
         for consumer in self.consumers:
-            await consumer.close()
+            try:
+                await consumer.close()
+            except Exception:  # the rest of the gateway still has to stop
+                log.exception("consumer %s did not close cleanly", consumer.config.name)
 
 
 async def _keep_running(consumer: StreamConsumer) -> None:
