@@ -25,6 +25,8 @@ from gateway.settings import load_settings
 
 pytestmark = pytest.mark.e2e
 
+# A registry that is down fails at once (MLflow's client would retry; the gateway's default 1).
+NO_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
 VERSIONS = {"1": MODELS / "iris" / "1" / "model.onnx", "2": MODELS / "iris" / "3" / "model.onnx"}
 
 
@@ -60,13 +62,10 @@ class MlflowServer:
         wait_until(health, timeout=180, interval=0.2)
 
     def stop(self) -> None:
+        """Stop at once, as a registry that goes down would (SIGKILL to its process group)."""
         if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=20)
         self.process = None
 
 
@@ -143,7 +142,8 @@ def gateway(registry: tuple[MlflowServer, Any], directory: Path) -> Iterator[Gat
     path = directory / "gateway.yaml"
     variants = {"champion": "models:/iris@champion", "pinned": "models:/iris/1"}
     path.write_text(yaml.safe_dump(config(registry[0], directory / "data", **variants)))
-    process = GatewayProcess(path, 1, {"GATEWAY_ADMIN_TOKEN": "secret"}, directory / "log")
+    env = {"GATEWAY_ADMIN_TOKEN": "secret", **NO_RETRIES}
+    process = GatewayProcess(path, 1, env, directory / "log")
     try:
         process.wait_ready()
         yield process
@@ -279,12 +279,17 @@ def test_a_version_without_onnx_is_not_followed(
 
 
 def test_a_registry_that_stops_changes_nothing_served(
-    gateway: GatewayProcess, registry: tuple[MlflowServer, Any], directory: Path
+    gateway: GatewayProcess,
+    registry: tuple[MlflowServer, Any],
+    directory: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """With the registry stopped the gateway keeps answering with version 2, says so once in
     its log and counts every failed poll; a restart serves version 2 from the cache."""
     server = registry[0]
     server.stop()
+    for variable, value in NO_RETRIES.items():
+        monkeypatch.setenv(variable, value)
     errors = source_errors(gateway, "champion")
     wait_until(lambda: source_errors(gateway, "champion") >= errors + 3, timeout=30)
     assert same(answers(gateway), "2")

@@ -13,7 +13,7 @@ from support import MODELS, free_port
 
 from gateway.errors import ConfigError
 from gateway.runtime import load_repository
-from gateway.settings import load_settings
+from gateway.settings import Settings, load_settings
 from gateway.sources.cache import SourceCache
 from gateway.sources.uri import ModelUri, parse_model_uri
 
@@ -202,3 +202,14 @@ def test_an_unreachable_registry_serves_the_remembered_version_or_stops_start_up
         ConfigError, match=r"variant 'green': .* no version of models:/iris/2 is cached"
     ):
         load_repository(load_settings(path, env={}))
+
+
+def test_readme_registry_example_is_valid() -> None:
+    """The README's MLflow Model Registry config is a valid config."""
+    readme = (MODELS.parent / "README.md").read_text()
+    section = readme.split("### MLflow Model Registry", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    settings = Settings.model_validate(yaml.safe_load(block))
+    variants = settings.models["iris"].variants
+    assert variants["challenger"].on_alias_change == "rollout"
+    assert variants["pinned"].path == "models:/iris/3"
