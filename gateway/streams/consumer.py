@@ -147,3 +147,9 @@ class StreamConsumer(abc.ABC):
 
     def set_lag(self, lag: float | None) -> None:
         self.metrics.lag[self.labels] = math.nan if lag is None else float(lag)
+
+    def lag_unknown(self, error: Exception) -> None:
+        """The lag could not be read (NaN): said once, and the consumer goes on consuming."""
+        if not math.isnan(self.metrics.lag.get(self.labels, 0.0)):
+            log.warning("consumer %s cannot read its lag: %s", self.config.name, error)
+        self.set_lag(None)

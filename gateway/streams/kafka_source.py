@@ -99,7 +99,10 @@ class KafkaConsumer(StreamConsumer):
     async def _step(self) -> None:
         await self.wait_ready()
         if self.lag_due():
-            self.set_lag(await self._lag())
+            try:
+                self.set_lag(await self._lag())
+            except self.kafka.KafkaException as exc:  # an ACL, say: consuming goes on
+                self.lag_unknown(exc)
         consumed = await self._call(self.consumer.consume, self.config.count, CONSUME_TIMEOUT_S)
         batch = [message for message in consumed if self._usable(message)]
         if batch:

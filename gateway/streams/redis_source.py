@@ -175,7 +175,11 @@ class RedisConsumer(StreamConsumer):
             await pipe.execute()
 
     async def _report_lag(self) -> None:
-        groups = await self.client.xinfo_groups(self.config.input)
+        try:
+            groups = await self.client.xinfo_groups(self.config.input)
+        except ResponseError as exc:  # NOPERM, say: consuming goes on
+            self.lag_unknown(exc)
+            return
         for group in groups:
             if group["name"].decode() == self.config.group_name:
                 lag = group.get("lag")

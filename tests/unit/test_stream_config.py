@@ -8,6 +8,7 @@ import pytest
 import yaml
 from support import MODELS
 
+from gateway.cli import main
 from gateway.errors import ConfigError
 from gateway.settings import load_settings
 from gateway.streams.config import select_consumers
@@ -107,3 +108,16 @@ def test_a_redis_entry_is_a_message() -> None:
     message = _message((b"1-0", {b"body": b"{}", b"X-User-Id": b"u1", b"x-request-id": b"r"}))
     assert message == ("1-0", b"{}", {b"x-user-id": b"u1", b"x-request-id": b"r"})
     assert _message((b"2-0", {b"x-user-id": b"u1"})).body is None  # answered with a 400
+
+
+def test_gateway_consume_refuses_a_config_it_cannot_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exit 2 with the reason, before any model is loaded."""
+    settings(tmp_path)  # writes gateway.yaml: no consumers
+    config = str(tmp_path / "gateway.yaml")
+    assert main(["consume", "--config", config]) == 2
+    assert "consumers: none configured" in capsys.readouterr().err
+    settings(tmp_path, REDIS, redis_url="redis://r")
+    assert main(["consume", "--config", config, "--consumer", "other"]) == 2
+    assert "no consumer named 'other'" in capsys.readouterr().err
