@@ -182,14 +182,16 @@ class AliasFollower:
 
     async def _roll_out(self, key: Key, source: ResolvedSource) -> None:
         """Begin the model's rollout plan of the variant, unless begun for this version."""
-        model, variant = key
         rollouts = self._gateway.rollouts
-        if _begun_for(await rollouts.store.get(model), key, source):
+        if _begun_for(await rollouts.store.get(key[0]), key, source):
+            log.info("model %s: the rollout of %s was begun already (%s)", *key, _moved(source))
             return  # by another worker or replica
         try:  # the config's plan, which ships this variant (settings validation)
-            await rollouts.begin(model, None, f"because {_moved(source)}")
+            await rollouts.begin(key[0], None, f"because {_moved(source)}")
         except (Conflict, NotFound) as exc:
-            log.warning("model %s: no rollout of %s %s: %s", model, variant, source.version, exc)
+            log.warning("model %s: no rollout of %s for version %s: %s", *key, source.version, exc)
+            return
+        log.info("model %s: began the rollout of %s (%s)", *key, _moved(source))
 
     def _mode(self, key: Key) -> str:
         model = self._gateway.settings.models.get(key[0])

@@ -1,7 +1,8 @@
 """Variants from a real MLflow Model Registry: a tracking server (sqlite backend, local artifact
 store) started once for the module, two registered versions of an iris model that answer
-differently, and one gateway process that serves `models:/iris@champion`, follows the alias,
-and keeps serving when the registry stops (README "Sources and sinks")."""
+differently, and one gateway with two workers (and Redis) that serves `models:/iris@champion`,
+follows the alias on every worker, begins one rollout per move, and keeps serving when the
+registry stops (README "Sources and sinks")."""
 
 import os
 import re
@@ -17,7 +18,16 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import yaml
-from support import ADMIN, IRIS_ROWS, MODELS, GatewayProcess, free_port, iris_body, wait_until
+from support import (
+    ADMIN,
+    IRIS_ROWS,
+    MODELS,
+    GatewayProcess,
+    RedisServer,
+    free_port,
+    iris_body,
+    wait_until,
+)
 
 from gateway.errors import ConfigError
 from gateway.runtime import load_repository
@@ -27,6 +37,7 @@ pytestmark = pytest.mark.e2e
 
 # A registry that is down fails at once (MLflow's client would retry; the gateway's default 1).
 NO_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+WORKERS = 2
 VERSIONS = {"1": MODELS / "iris" / "1" / "model.onnx", "2": MODELS / "iris" / "3" / "model.onnx"}
 
 
@@ -108,10 +119,11 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MlflowS
         server.stop()
 
 
-def config(server: MlflowServer, data_dir: Path, **variants: str) -> dict[str, Any]:
+def config(server: MlflowServer, directory: Path, **variants: str) -> dict[str, Any]:
     return {
         "model_repository": str(MODELS),
-        "data_dir": str(data_dir),
+        "data_dir": str(directory / "data"),
+        "redis_url": (directory / "redis.url").read_text(),
         "mlflow_tracking_uri": server.url,
         "mlflow_poll_s": 0.2,
         "models": {
@@ -139,16 +151,21 @@ def directory(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def gateway(registry: tuple[MlflowServer, Any], directory: Path) -> Iterator[GatewayProcess]:
+    """`gateway serve --workers 2` with Redis: each worker follows the aliases on its own."""
+    redis = RedisServer(directory / "redis")
+    redis.start()
+    (directory / "redis.url").write_text(redis.url)
     path = directory / "gateway.yaml"
     variants = {"champion": "models:/iris@champion", "pinned": "models:/iris/1"}
-    path.write_text(yaml.safe_dump(config(registry[0], directory / "data", **variants)))
+    path.write_text(yaml.safe_dump(config(registry[0], directory, **variants)))
     env = {"GATEWAY_ADMIN_TOKEN": "secret", **NO_RETRIES}
-    process = GatewayProcess(path, 1, env, directory / "log")
+    process = GatewayProcess(path, WORKERS, env, directory / "log")
     try:
         process.wait_ready()
         yield process
     finally:
         process.stop()
+        redis.stop()
 
 
 def expected(version: str) -> list[float]:
@@ -221,7 +238,7 @@ def test_reload_refuses_what_the_registry_cannot_serve(
     """A reload naming a missing version, alias or model, a version without exactly one ONNX
     file, or a stage is a 409 that says so; the same is a start-up error; serving goes on."""
     original = (directory / "gateway.yaml").read_text()
-    changed = config(registry[0], directory / "data", champion="models:/iris@champion", pinned=path)
+    changed = config(registry[0], directory, champion="models:/iris@champion", pinned=path)
     (directory / "gateway.yaml").write_text(yaml.safe_dump(changed))
     try:
         response = httpx.post(f"{gateway.url}/admin/reload", headers=ADMIN)
@@ -241,12 +258,19 @@ def test_reload_refuses_what_the_registry_cannot_serve(
 def test_follows_the_alias_to_its_new_version(
     gateway: GatewayProcess, registry: tuple[MlflowServer, Any]
 ) -> None:
-    """Moving champion to version 2 switches the live variant to version 2's answers with no
-    failed request; the pinned variant stays at 1; challenger's move begins a rollout."""
+    """Moving champion to version 2 switches the live variant to version 2's answers on every
+    worker with no failed request; the pinned variant stays at 1; challenger's move begins one
+    rollout, whichever worker saw it first."""
     client = registry[1]
     client.set_registered_model_alias("iris", "champion", "2")
     client.set_registered_model_alias("iris", "challenger", "2")
-    wait_until(lambda: same(answers(gateway), "2"), timeout=30)
+    streak: list[bool] = []  # each answer on a new connection, which either worker may take
+
+    def every_worker_on_2() -> bool:
+        streak.append(same(answers(gateway), "2"))
+        return len(streak) >= 20 and all(streak[-20:])
+
+    wait_until(every_worker_on_2, timeout=30)
     assert same(answers(gateway, "pinned"), "1")
     assert sources(gateway)["champion"] == {
         "uri": "models:/iris@champion", "version": "2", "error": None
@@ -259,6 +283,12 @@ def test_follows_the_alias_to_its_new_version(
 
     record = wait_until(rollout, timeout=30)
     assert (record["plan"]["variant"], record["phase"]) == ("green", "Paused")
+    # every worker has tried to begin it (each logs what it did), and only one did
+    wait_until(lambda: gateway.output().count("rollout of green") >= WORKERS, timeout=30)
+    assert gateway.output().count("began the rollout of green") == 1
+    history = httpx.get(f"{gateway.url}/admin/models/ship/history", headers=ADMIN).json()
+    begun = [e["action"] for e in history if "moved to version 2" in e["action"]]
+    assert len(begun) == 1, begun
     assert same(answers(gateway, "green", model="ship"), "2")
     assert sources(gateway, "ship")["green"]["version"] == "2"
 
@@ -293,7 +323,7 @@ def test_a_registry_that_stops_changes_nothing_served(
     errors = source_errors(gateway, "champion")
     wait_until(lambda: source_errors(gateway, "champion") >= errors + 3, timeout=30)
     assert same(answers(gateway), "2")
-    assert gateway.output().count("the MLflow registry cannot be asked") == 1
+    wait_until(lambda: gateway.output().count("the MLflow registry cannot be asked") == WORKERS)
     assert "cannot be asked" in sources(gateway)["champion"]["error"]
     restarted = load_repository(load_settings(directory / "gateway.yaml", env={}))
     champion = restarted.sources[("iris", "champion")]
