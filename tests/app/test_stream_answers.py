@@ -11,7 +11,7 @@ import pytest
 import pytest_asyncio
 import yaml
 from prometheus_client import CollectorRegistry
-from support import IRIS_LABELS, IRIS_ROWS, MODELS, iris_body, make_slow_model
+from support import IRIS_LABELS, IRIS_ROWS, MODELS, iris_body, make_slow_model, wait_until_async
 
 from gateway.lifecycle import Gateway
 from gateway.settings import load_settings
@@ -23,17 +23,22 @@ MAX_BODY = 1 << 20
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gateway]:
-    """iris (blue, live) and `queued`: a slow model (about 0.07 s a run) whose queue holds one."""
+    """iris (blue live, green its shadow) and `queued`: a slow model (about 0.07 s a run) whose
+    queue holds one."""
     tmp = tmp_path_factory.mktemp("streams")
-    shutil.copytree(MODELS / "iris" / "1", tmp / "models" / "iris" / "1")
+    for version in ("1", "2"):
+        shutil.copytree(MODELS / "iris" / version, tmp / "models" / "iris" / version)
     make_slow_model(tmp / "models" / "slow" / "model.onnx", layers=2)
     config = {
         "model_repository": str(tmp / "models"),
         "data_dir": str(tmp / "data"),
         "models": {
             "iris": {
-                "variants": {"blue": {"path": "iris/1/model.onnx"}},
-                "routing": {"live": "blue"},
+                "variants": {
+                    "blue": {"path": "iris/1/model.onnx"},
+                    "green": {"path": "iris/2/model.onnx"},
+                },
+                "routing": {"live": "blue", "shadows": [{"variant": "green", "sample": 1.0}]},
             },
             "queued": {
                 "variants": {"v": {"path": "slow/model.onnx", "max_queue_size": 1}},
@@ -162,3 +167,16 @@ async def test_a_full_queue_is_asked_again_until_retry_s(gateway: Gateway) -> No
     refused = [r for r in await burst(0.0) if r.dead_letter]
     assert refused and all(r.status == 429 for r in refused)
     assert all(not r.dead_letter for r in await burst(10.0))
+
+
+async def test_shadow_records_join_with_the_message_id(gateway: Gateway) -> None:
+    """The message goes to the model's shadows too, under the same request id."""
+    record = await ask(gateway, json.dumps(iris_body()).encode(), **{"x-request-id": "join-me"})
+    assert text(record)["id"] == "join-me"
+    log = gateway.settings.data_dir / "shadow" / "iris.jsonl"
+
+    async def shadowed() -> bool:
+        lines = log.read_text().splitlines() if log.exists() else []
+        return any(json.loads(line)["request_id"] == "join-me" for line in lines)
+
+    await wait_until_async(shadowed, timeout=10)
