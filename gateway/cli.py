@@ -14,6 +14,7 @@ from typing import Any
 from gateway.admin_client import ADMIN_COMMANDS, run_admin_command
 from gateway.batch.command import add_batch_command
 from gateway.errors import ConfigError
+from gateway.grpc import GrpcBinding, check_grpc_installed
 from gateway.metrics import METRICS_DIR_ENV
 from gateway.monitoring.reference_file import read_reference
 from gateway.runtime import ModelRepository, load_repository
@@ -62,6 +63,8 @@ def serve(args: argparse.Namespace) -> int:
         settings = load_settings(args.config)
         _check_workers(settings, args.workers)
         check_consumers_installed(settings, None)
+        if settings.grpc_port is not None:
+            check_grpc_installed()
         repository = _preload(settings, args.workers)
     except ConfigError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
@@ -92,13 +95,15 @@ def serve(args: argparse.Namespace) -> int:
         "log_config": _log_config(args.log_level),
     }
     if args.workers == 1:
-        uvicorn.run(create_app(settings, repository), **options)
+        binding = GrpcBinding(args.host, share_port=False)
+        uvicorn.run(create_app(settings, repository, grpc_binding=binding), **options)
         return 0
     # Workers are separate processes: they read the config path from the environment, and
     # share their metrics through files they map in memory, in a fresh directory per run
     # (gateway.metric_values). On tmpfs, when there is one: nothing is ever written back to a
     # disk, so a write on the request path can never wait for one.
     os.environ["GATEWAY_CONFIG"] = str(settings.config_path)
+    os.environ["GATEWAY_HOST"] = args.host  # where their gRPC servers listen
     shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
     metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-", dir=shm)
     os.environ[METRICS_DIR_ENV] = metrics_dir

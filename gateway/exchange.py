@@ -10,6 +10,7 @@ response headers, gRPC trailing metadata.
 
 import functools
 from collections.abc import Mapping, Sequence
+
 from gateway.access_log import AccessLog
 from gateway.metrics import INFLIGHT
 from gateway.routing import Route

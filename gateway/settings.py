@@ -308,6 +308,14 @@ class Settings(_Frozen):
     admin_token: SecretStr | None = Field(
         default=None, description="Bearer token of the admin API; unset or empty turns it off."
     )
+    grpc_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Port of the Open Inference Protocol v2 over gRPC (KServe's "
+        'inference.GRPCInferenceService, README "gRPC"), on the host `gateway serve` binds and '
+        "shared by its workers; null: no gRPC. Needs the `grpc` extra.",
+    )
     config_path: Path | None = Field(default=None, description="Where these settings came from.")
     models: dict[Name, ModelConfig] = Field(min_length=1)
     consumers: tuple[ConsumerConfig, ...] = Field(
@@ -367,7 +375,11 @@ class Settings(_Frozen):
         )
 
 
-ENV_OVERRIDES = {"GATEWAY_REDIS_URL": "redis_url", "GATEWAY_ADMIN_TOKEN": "admin_token"}
+ENV_OVERRIDES = {
+    "GATEWAY_REDIS_URL": "redis_url",
+    "GATEWAY_ADMIN_TOKEN": "admin_token",
+    "GATEWAY_GRPC_PORT": "grpc_port",
+}
 
 
 def load_settings(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Settings:

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.routing import Route
 
+from gateway.grpc import DEFAULT_HOST, GrpcBinding
 from gateway.http import admin, endpoints, monitoring, rollout
 from gateway.http.body import Receive
 from gateway.http.drain import Drain
@@ -66,11 +67,13 @@ def create_app(
     repository: ModelRepository | None = None,
     registry: CollectorRegistry | None = None,
     consumers: Collection[str] | None = None,
+    grpc_binding: GrpcBinding | None = None,
 ) -> GatewayApp:
     """The gateway as an ASGI app. Models load in the lifespan unless `repository` is given.
 
     With `consumers` (`gateway consume`): those event-stream consumers run (all when empty),
-    and the app serves only health and /metrics, with no drain on SIGTERM.
+    and the app serves only health and /metrics, with no drain on SIGTERM. Otherwise, with
+    `grpc_port` set, the lifespan also serves gRPC on `grpc_binding`'s host (README "gRPC").
     """
 
     @contextlib.asynccontextmanager
@@ -83,7 +86,9 @@ def create_app(
             )
             app.service = await gateway.start()
             try:
-                yield {"drain": app.drain}  # lifespan state: uvicorn hands it to our protocol
+                binding = grpc_binding or GrpcBinding()
+                async with _grpc_face(app, gateway, binding, consumers is None):
+                    yield {"drain": app.drain}  # lifespan state: uvicorn hands it to our protocol
             finally:
                 await gateway.stop()
         finally:
@@ -105,6 +110,30 @@ def create_app(
     return app
 
 
+@contextlib.asynccontextmanager
+async def _grpc_face(
+    app: GatewayApp, gateway: Gateway, binding: GrpcBinding, serving: bool
+) -> AsyncIterator[None]:
+    """The gRPC server, from the models' start to the gateway's stop, when `grpc_port` is set:
+    stopped after uvicorn has stopped serving HTTP, with `shutdown_timeout_s` for the RPCs in
+    flight (README "Graceful shutdown")."""
+    port = app.settings.grpc_port
+    if port is None or not serving:
+        yield
+        return
+    from gateway.grpc.server import GrpcServer
+
+    server = GrpcServer(gateway, lambda: app.drain.draining)
+    await server.start(binding, port)
+    try:
+        yield
+    finally:
+        await server.stop(app.settings.shutdown_timeout_s)
+
+
 def app_from_env() -> Starlette:
-    """Factory for uvicorn workers: `gateway serve` passes the config file in GATEWAY_CONFIG."""
-    return create_app(load_settings(os.environ.get("GATEWAY_CONFIG", DEFAULT_CONFIG)))
+    """Factory for uvicorn workers: `gateway serve` passes the config file in GATEWAY_CONFIG,
+    and the host in GATEWAY_HOST; the workers' gRPC servers share `grpc_port` (SO_REUSEPORT)."""
+    settings = load_settings(os.environ.get("GATEWAY_CONFIG", DEFAULT_CONFIG))
+    binding = GrpcBinding(os.environ.get("GATEWAY_HOST", DEFAULT_HOST), share_port=True)
+    return create_app(settings, grpc_binding=binding)
