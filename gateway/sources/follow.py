@@ -74,7 +74,7 @@ class AliasFollower:
 
     def start(self) -> None:
         for key, source in self._gateway.repository.sources.items():
-            self._errors.slot(key)  # every series from 0, so the first error is an increase
+            self._errors.slot(key)  # series from 0 (a reload's new variants: at the next poll)
             if source.cached_only:
                 self.problems[key] = f"the registry was not answering at start-up: {source.uri} "
                 self.problems[key] += f"serves version {source.version}, from the cache"
@@ -111,6 +111,7 @@ class AliasFollower:
         sources = self._gateway.repository.sources
         moved: dict[Key, ResolvedSource] = {}
         for key, served in sources.items():
+            self._errors.slot(key)  # every series from 0, so the first error is an increase
             if served.parsed.alias is not None:
                 found = await self._ask(key, served)
                 if found is not None and self._loadable(key, found):
