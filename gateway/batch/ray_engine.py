@@ -9,11 +9,13 @@ and answers the chunk's number and rows. The driver marks each chunk done as its
 back, so a job stopped half-way resumes from its checkpoint like a local one. The input file
 and the output's folder must be on storage every Ray node reaches (a shared volume, NFS).
 
-Ray is started locally by `ray.init()` unless the process is already connected to a cluster,
-or `RAY_ADDRESS` names one (Ray's own variable, read by `ray.init`).
+Ray is started locally by `ray.init(num_cpus=workers)` (without its dashboard) unless the
+process is already connected to a cluster, or `RAY_ADDRESS` names one (Ray's own variable, read
+by `ray.init`).
 """
 
 import asyncio
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -30,7 +32,10 @@ def run_on_ray(
         return
     ray = _import_ray()
     if not ray.is_initialized():
-        ray.init()
+        local = "RAY_ADDRESS" not in os.environ
+        # A local instance sized for the actors asked for, without the dashboard it won't show.
+        ray.init(num_cpus=workers if local else None, include_dashboard=False if local else None)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # ours is on stderr
     chunks = ray.data.from_items([{"chunk": chunk} for chunk in pending])
     answers = chunks.map_batches(
         ChunkWorker,

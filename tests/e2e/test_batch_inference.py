@@ -70,6 +70,20 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"folder": folder, "config": folder / "gateway.yaml"}
 
 
+@pytest.fixture(scope="module")
+def ray_job(files: dict[str, Path]) -> Iterator[subprocess.Popen[bytes]]:
+    """`gateway batch --engine ray` started when first asked for and left to run beside the
+    other tests (a local Ray takes seconds to start); `test_ray_engine` waits for it."""
+    folder = files["folder"]
+    command = [sys.executable, "-m", "gateway", "batch", "iris", "--config", str(files["config"]), "--input", str(folder / "iris.parquet"), "--output", str(folder / "ray.parquet"), "--variant", "green", "--chunk-rows", "8", "--engine", "ray", "--workers", "2"]  # fmt: skip
+    with (folder / "ray.log").open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    yield process
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
 def batch(config: Path, *args: str) -> subprocess.Popen[str]:
     command = [sys.executable, "-m", "gateway", "batch", *args, "--config", str(config)]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -99,9 +113,12 @@ def iris_rows(folder: Path) -> np.ndarray:
     return np.column_stack([table.column(name).to_numpy() for name in FEATURES])
 
 
-def test_three_formats_routed_and_direct(files: dict[str, Path]) -> None:
+def test_three_formats_routed_and_direct(
+    files: dict[str, Path], ray_job: subprocess.Popen[bytes]
+) -> None:
     """Parquet routed through a 50% canary (every row as its variant answers it, each row shadowed
-    under its id); CSV and JSON lines straight to green: every prediction equals onnxruntime's."""
+    under its id); CSV and JSON lines straight to green: every prediction equals onnxruntime's.
+    (Asks for `ray_job` only to start it early.)"""
     folder = files["folder"]
     runs = {
         "parquet": batch(files["config"], "iris", "--input", str(folder / "iris.parquet"), "--output", str(folder / "out.parquet"), "--chunk-rows", "8", "--batch-rows", "3"),
@@ -174,7 +191,7 @@ def test_killed_half_way_and_resumed(
     """SIGKILL once some chunks are checkpointed; the same command again predicts the rest
     (another chunk size is refused, naming it), and the output has every id exactly once."""
     folder = files["folder"]
-    rows = 40
+    rows = 60
     pq.write_table(
         pa.table({"id": np.arange(rows) * 10, **{f: np.full(rows, 1.5) for f in FEATURES}}),
         folder / "many.parquet",
@@ -246,33 +263,13 @@ def pushgateway() -> Iterator[tuple[str, list[tuple[str, str]]]]:
         thread.join()
 
 
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    """A local Ray instance for this module (slow to start: once)."""
-    import ray
-
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Data's own, on its first use
-def test_ray_engine_gives_the_same_output(files: dict[str, Path], local_ray: None) -> None:
-    """--engine ray: the chunks as a Ray Data map_batches job give the local engine's output."""
-    from gateway.batch.engine import run_batch
-    from gateway.batch.plan import BatchJob
-
-    folder = files["folder"]
-    outputs = {}
-    for engine in ("local", "ray"):
-        outputs[engine] = folder / f"{engine}.parquet"
-        job = BatchJob(
-            files["config"],
-            "iris",
-            folder / "iris.parquet",
-            outputs[engine],
-            variant="blue",
-            chunk_rows=8,
-        )
-        assert run_batch(job, engine, workers=1) == ROWS
-    assert pq.read_table(outputs["ray"]).equals(pq.read_table(outputs["local"]))
+def test_ray_engine(files: dict[str, Path], ray_job: subprocess.Popen[bytes]) -> None:
+    """--engine ray (a local Ray, 2 actors): the chunks as a Ray Data map_batches job give
+    every row once, as onnxruntime answers it."""
+    assert ray_job.wait(timeout=120) == 0, (files["folder"] / "ray.log").read_text()[-3000:]
+    answers = read_output(files["folder"] / "ray.parquet")
+    assert [row["id"] for row in answers] == [f"row-{i}" for i in range(ROWS)]
+    label, probabilities = onnx_answers(2, iris_rows(files["folder"]))
+    assert [row["label"] for row in answers] == label.tolist()
+    np.testing.assert_allclose([row["probabilities"] for row in answers], probabilities, rtol=1e-6)
+    assert {row["variant"] for row in answers} == {"green"}
