@@ -93,8 +93,8 @@ def register(client: Any, files: dict[str, Path]) -> None:
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MlflowServer, Any]]:
-    """The registry: iris versions 1 and 2 (different answers), 3 (no ONNX file), 4 (two);
-    `champion` and `challenger` point at version 1."""
+    """The registry: iris versions 1 and 2 (different answers), 3 (no ONNX file), 4 (two), 5
+    (another model's inputs); `champion` and `challenger` point at version 1."""
     directory = tmp_path_factory.mktemp("mlflow")
     server = MlflowServer(directory)
     server.start()  # its start-up overlaps with MLflow's import here
@@ -112,6 +112,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MlflowS
             register(client, {"model.onnx": VERSIONS[version]})
         register(client, {"README.txt": notes})
         register(client, {"model.onnx": VERSIONS["1"], "other.onnx": other})
+        register(client, {"model.onnx": MODELS / "mlp" / "1" / "model.onnx"})
         for alias in ("champion", "challenger"):
             client.set_registered_model_alias("iris", alias, "1")
         yield server, client
@@ -293,19 +294,32 @@ def test_follows_the_alias_to_its_new_version(
     assert sources(gateway, "ship")["green"]["version"] == "2"
 
 
-def test_a_version_without_onnx_is_not_followed(
+def test_a_version_that_cannot_be_served_is_not_followed(
     gateway: GatewayProcess, registry: tuple[MlflowServer, Any]
 ) -> None:
-    """An alias moved to a version that cannot be served leaves the variant at its version,
-    with the problem in the admin view and counted in gateway_model_source_errors_total."""
+    """An alias moved to a version without an ONNX file, or one whose inputs differ from the
+    live variant's, leaves the variant at its version, with the problem in the admin view and
+    counted in gateway_model_source_errors_total; a version that failed to load is not loaded
+    again at every poll."""
     errors = source_errors(gateway, "champion")
     registry[1].set_registered_model_alias("iris", "champion", "3")
     wait_until(lambda: ".onnx" in (sources(gateway)["champion"]["error"] or ""), timeout=30)
     assert source_errors(gateway, "champion") > errors
     assert sources(gateway)["champion"]["version"] == "2"
     assert same(answers(gateway), "2")
+    registry[1].set_registered_model_alias("iris", "champion", "5")
+    wait_until(lambda: "version 5 not loaded" in (sources(gateway)["champion"]["error"] or ""))
+    assert "differ from live variant" in sources(gateway)["champion"]["error"]
+    errors = source_errors(gateway, "champion")
+    wait_until(lambda: gateway.output().count("version 5 not loaded") == WORKERS)
+    assert same(answers(gateway), "2")
     registry[1].set_registered_model_alias("iris", "champion", "2")
     wait_until(lambda: sources(gateway)["champion"]["error"] is None, timeout=30)
+    tried = re.findall(
+        r"loaded model iris variant champion from \S+/iris/5/model.onnx", gateway.output()
+    )
+    assert len(tried) == WORKERS  # once each, not at every poll
+    assert source_errors(gateway, "champion") - errors <= WORKERS
 
 
 def test_a_registry_that_stops_changes_nothing_served(
