@@ -24,6 +24,7 @@ from gateway.streams.command import (
     check_consumers_installed,
     run_consume_command,
 )
+from gateway.tracing import check_tracing_installed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,6 +66,8 @@ def serve(args: argparse.Namespace) -> int:
         check_consumers_installed(settings, None)
         if settings.grpc_port is not None:
             check_grpc_installed()
+        if settings.otel_endpoint is not None:
+            check_tracing_installed()
         repository = _preload(settings, args.workers)
     except ConfigError as exc:
         print(f"gateway: {exc}", file=sys.stderr)

@@ -10,6 +10,7 @@ response headers, gRPC trailing metadata.
 
 import functools
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from gateway.access_log import AccessLog
 from gateway.metrics import INFLIGHT
@@ -17,6 +18,9 @@ from gateway.routing import Route
 from gateway.runtime import ModelSession
 from gateway.service import InferenceService
 from gateway.types import InferRequest, InferResult
+
+if TYPE_CHECKING:
+    from gateway.tracing import RequestTrace
 
 
 def choose_route(
@@ -36,12 +40,13 @@ async def infer_counted(
     decoded: InferRequest,
     request_id: str,
     started: float,
+    trace: "RequestTrace | None" = None,
 ) -> InferResult:
     """`service.infer`, counted in flight meanwhile."""
     gauges = service.metrics.gauges  # written in place: no property call on the hot path
     gauges[INFLIGHT] += 1
     try:
-        return await service.infer(session, route, decoded, request_id, started)
+        return await service.infer(session, route, decoded, request_id, started, None, trace)
     finally:
         gauges[INFLIGHT] -= 1
 

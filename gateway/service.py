@@ -5,6 +5,7 @@ called after the answer is known and never raise into the request.
 """
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,6 +15,9 @@ from gateway.routing import Route, RoutingTable, choose_variant, sample_shadows
 from gateway.runtime import ModelRepository, ModelSession, Scheduler, batch_rows
 from gateway.shadow import Observe, ShadowJob, ShadowLog
 from gateway.types import InferRequest, InferResult
+
+if TYPE_CHECKING:
+    from gateway.tracing import RequestTrace
 
 DIRECT = "direct"
 
@@ -85,17 +89,21 @@ class InferenceService:
         request_id: str,
         started: float,
         row_ids: Sequence[str] | None = None,
+        trace: "RequestTrace | None" = None,
     ) -> InferResult:
         """Run `request` on `session` (the variant of `route`); mirror it to sampled shadows.
         `started`: when the request arrived (`time.perf_counter()`); its deadline counts from
         then. `row_ids`: one request id per row when each row is a request of its own, run in
-        one batch (README "Batch inference"): the monitor and the shadows see each row alone."""
+        one batch (README "Batch inference"): the monitor and the shadows see each row alone.
+        `trace`: the request's trace, told when its queue wait and model run end."""
         if not self.ready:
             raise Unavailable(f"the gateway is not ready yet: {self.unready_reason}")
         session.validate(request.inputs)
         names = _output_names(session, request)
         rows = batch_rows(request.inputs)
         deadline = started + min(self.timeout, request.timeout_s or self.timeout)
+        if trace is not None:
+            trace.mark()
         try:
             outputs, elapsed = await self.scheduler.run(
                 session, request.inputs, names, rows, deadline
@@ -103,6 +111,8 @@ class InferenceService:
         except ModelRefused:
             self.metrics.model_failure(session.model, route.variant, route.role)
             raise
+        if trace is not None:
+            trace.ran(elapsed)
         self.metrics.observe_inference(session.model, route.variant, elapsed, rows)
         result = InferResult(
             session.model, route.variant, route.role, route.revision, outputs, session.output_specs

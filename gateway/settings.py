@@ -316,6 +316,12 @@ class Settings(_Frozen):
         'inference.GRPCInferenceService, README "gRPC"), on the host `gateway serve` binds and '
         "shared by its workers; null: no gRPC. Needs the `grpc` extra.",
     )
+    otel_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/gRPC collector (http://collector:4317) that receives a trace of every "
+        'inference request, HTTP and gRPC (README "Tracing"); null: no tracing, at no cost. '
+        "Needs the `otel` extra.",
+    )
     config_path: Path | None = Field(default=None, description="Where these settings came from.")
     models: dict[Name, ModelConfig] = Field(min_length=1)
     consumers: tuple[ConsumerConfig, ...] = Field(
@@ -379,6 +385,7 @@ ENV_OVERRIDES = {
     "GATEWAY_REDIS_URL": "redis_url",
     "GATEWAY_ADMIN_TOKEN": "admin_token",
     "GATEWAY_GRPC_PORT": "grpc_port",
+    "GATEWAY_OTEL_ENDPOINT": "otel_endpoint",
 }
 
 

@@ -27,6 +27,7 @@ from gateway.grpc.servicer import SERVICE, InferenceServicer
 
 if TYPE_CHECKING:
     from gateway.lifecycle import Gateway
+    from gateway.tracing import Tracing
 
 Behaviour = Callable[[Any, Any], Awaitable[Message]]  # (request, context) -> response
 
@@ -34,9 +35,11 @@ Behaviour = Callable[[Any, Any], Awaitable[Message]]  # (request, context) -> re
 class GrpcServer:
     """One worker's gRPC server over its Gateway's service."""
 
-    def __init__(self, gateway: "Gateway", draining: Callable[[], bool]) -> None:
+    def __init__(
+        self, gateway: "Gateway", draining: Callable[[], bool], tracing: "Tracing | None"
+    ) -> None:
         self._gateway = gateway
-        self._servicer = InferenceServicer(gateway, draining)
+        self._servicer = InferenceServicer(gateway, draining, tracing)
         self._server: grpc.aio.Server | None = None
 
     async def start(self, binding: GrpcBinding, port: int) -> None:

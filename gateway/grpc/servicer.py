@@ -26,6 +26,7 @@ from gateway.types import TensorSpec
 
 if TYPE_CHECKING:
     from gateway.lifecycle import Gateway
+    from gateway.tracing import RequestTrace, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,12 @@ Context = Any  # grpc.aio.ServicerContext (grpcio ships no type hints)
 class InferenceServicer:
     """Answers the RPCs of one worker; `draining` tells whether SIGTERM's drain has begun."""
 
-    def __init__(self, gateway: "Gateway", draining: Callable[[], bool]) -> None:
+    def __init__(
+        self, gateway: "Gateway", draining: Callable[[], bool], tracing: "Tracing | None"
+    ) -> None:
         self._gateway = gateway
         self._draining = draining
+        self._tracing = tracing
 
     async def server_live(
         self, request: pb.ServerLiveRequest, context: Context
@@ -97,6 +101,7 @@ class InferenceServicer:
     ) -> pb.ModelInferResponse:
         started = time.perf_counter()
         metadata = _metadata(context)
+        trace = self._begin_trace(request, metadata, started)
         request_id = header_safe(_text(metadata.get(b"x-request-id"))) or ""
         route: Route | None = None
         response: pb.ModelInferResponse | None = None
@@ -105,15 +110,16 @@ class InferenceServicer:
             route = choose_route(
                 self._gateway.service, request.model_name, request.model_version or None, metadata
             )
-            response, request_id = await self._answer(request, context, route, request_id, started)
+            response, request_id = await self._answer(
+                request, context, route, request_id, started, trace
+            )
         except GatewayError as exc:
             error = exc
         except Exception:
             log.exception("unexpected error on ModelInfer of model %r", request.model_name)
             error = GatewayError(INTERNAL_ERROR)  # a 500: INTERNAL
-        return await self._end(
-            request, context, route, request_id or new_request_id(), started, response, error
-        )
+        return await self._end(request, context, route, request_id or new_request_id(), started,
+                               trace, response, error)  # fmt: skip
 
     async def _answer(
         self,
@@ -122,14 +128,23 @@ class InferenceServicer:
         route: Route,
         request_id: str,
         started: float,
+        trace: "RequestTrace | None",
     ) -> tuple[pb.ModelInferResponse, str]:
         service = self._gateway.service
         session = service.session(request.model_name, route.variant)
         service.admit(session, started)
+        if trace is not None:
+            trace.mark()
         decoded = decode_request(request, context.time_remaining())
+        if trace is not None:
+            trace.step("decode")
         request_id = request_id or (decoded.id and header_safe(decoded.id)) or new_request_id()
-        result = await infer_counted(service, session, route, decoded, request_id, started)
+        result = await infer_counted(service, session, route, decoded, request_id, started, trace)
+        if trace is not None:
+            trace.mark()
         response = encode_response(result, decoded, request_id)
+        if trace is not None:
+            trace.step("encode")
         return response, request_id
 
     async def _end(
@@ -139,6 +154,7 @@ class InferenceServicer:
         route: Route | None,
         request_id: str,
         started: float,
+        trace: "RequestTrace | None",
         response: pb.ModelInferResponse | None,
         error: GatewayError | None,
     ) -> pb.ModelInferResponse:
@@ -151,11 +167,27 @@ class InferenceServicer:
                           request_id, seconds)  # fmt: skip
         metadata = trailing_metadata(route, request_id, error)
         code = code_of(status)
+        if trace is not None:
+            failed = code.name if status >= 500 else None
+            trace.finish({"rpc.response.status_code": code.name, "gateway.request_id": request_id},
+                         route, failed)  # fmt: skip
         if error is not None:
             await context.abort(code, error.message, trailing_metadata=metadata)
         context.set_trailing_metadata(metadata)
         assert response is not None  # no error: answered
         return response
+
+    def _begin_trace(
+        self, request: pb.ModelInferRequest, metadata: dict[bytes, bytes], started: float
+    ) -> "RequestTrace | None":
+        if self._tracing is None:
+            return None
+        attributes = {
+            "rpc.system.name": "grpc",
+            "rpc.method": f"{SERVICE}/ModelInfer",
+            "gateway.model": request.model_name,
+        }
+        return self._tracing.begin(f"{SERVICE}/ModelInfer", metadata, attributes, started)
 
     def _ready(self) -> bool:
         return self._gateway.service.ready and not self._draining()
@@ -163,7 +195,7 @@ class InferenceServicer:
 
 def _metadata(context: Context) -> dict[bytes, bytes]:
     """The request's text metadata as ASGI gives HTTP headers (names in lower case, bytes):
-    what routing reads (the sticky header)."""
+    what routing (the sticky header) and tracing (`traceparent`) read."""
     return {
         key.encode("latin-1"): value.encode("latin-1", "replace")
         for key, value in context.invocation_metadata() or ()

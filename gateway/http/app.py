@@ -1,5 +1,6 @@
 """The composition root: `create_app` builds the Starlette app from an explicit route table."""
 
+import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator, Collection
@@ -19,6 +20,7 @@ from gateway.lifecycle import Gateway
 from gateway.runtime import ModelRepository
 from gateway.service import InferenceService
 from gateway.settings import DEFAULT_CONFIG, Settings, load_settings
+from gateway.tracing import Tracing
 
 # What `gateway consume` serves over HTTP: probes and metrics, no data plane.
 CONSUMER_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
@@ -41,6 +43,7 @@ class GatewayApp(Starlette):
     drain: Drain  # SIGTERM's drain (README "Graceful shutdown")
     gateway: Gateway | None = None  # from the start of the lifespan: /metrics works meanwhile
     service: InferenceService | None = None  # once the models are loaded
+    tracing: Tracing | None = None  # OpenTelemetry, when otel_endpoint is set (README "Tracing")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -68,12 +71,15 @@ def create_app(
     registry: CollectorRegistry | None = None,
     consumers: Collection[str] | None = None,
     grpc_binding: GrpcBinding | None = None,
+    tracing: Tracing | None = None,
 ) -> GatewayApp:
     """The gateway as an ASGI app. Models load in the lifespan unless `repository` is given.
 
     With `consumers` (`gateway consume`): those event-stream consumers run (all when empty),
     and the app serves only health and /metrics, with no drain on SIGTERM. Otherwise, with
     `grpc_port` set, the lifespan also serves gRPC on `grpc_binding`'s host (README "gRPC").
+    `tracing`: where spans go (tests: an in-memory exporter); by default OTLP to
+    `otel_endpoint` when it is set, else no tracing.
     """
 
     @contextlib.asynccontextmanager
@@ -84,6 +90,8 @@ def create_app(
             app.gateway = gateway = Gateway(
                 settings, registry or CollectorRegistry(), repository, consumers
             )
+            if tracing is not None or settings.otel_endpoint is not None:
+                app.tracing = tracing or Tracing.exporting_to(str(settings.otel_endpoint))
             app.service = await gateway.start()
             try:
                 binding = grpc_binding or GrpcBinding()
@@ -91,6 +99,8 @@ def create_app(
                     yield {"drain": app.drain}  # lifespan state: uvicorn hands it to our protocol
             finally:
                 await gateway.stop()
+                if app.tracing is not None:  # export what is buffered, off the event loop
+                    await asyncio.to_thread(app.tracing.shutdown)
         finally:
             app.drain.give_back_sigterm()
 
@@ -123,7 +133,7 @@ async def _grpc_face(
         return
     from gateway.grpc.server import GrpcServer
 
-    server = GrpcServer(gateway, lambda: app.drain.draining)
+    server = GrpcServer(gateway, lambda: app.drain.draining, app.tracing)
     await server.start(binding, port)
     try:
         yield

@@ -11,7 +11,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -27,6 +27,9 @@ from gateway.routing import Route
 from gateway.runtime import ModelSession
 from gateway.service import InferenceService
 from gateway.types import InferRequest, InferResult
+
+if TYPE_CHECKING:
+    from gateway.tracing import RequestTrace, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +59,23 @@ class InferenceEndpoint:
         request_id = "" if header_id is None else (_header_safe(header_id.decode("latin-1")) or "")
         route: Route | None = None
         extra: RawHeaders = []
+        model: str = scope["path_params"]["model"]
+        tracing: Tracing | None = app.tracing  # None: tracing is off, and costs these tests
+        trace = None if tracing is None else _begin_trace(tracing, scope, headers, started)
         try:
             service = service_of(app)
-            model: str = scope["path_params"]["model"]
             route = choose_route(service, model, scope["path_params"].get("variant"), headers)
             session = service.session(model, route.variant)
             service.admit(session, started)
             body = await read_body(receive, headers, app.settings.max_body_bytes)
+            if trace is not None:
+                trace.mark()
             decoded = self._decode(body, headers, session)
+            if trace is not None:
+                trace.step("decode")
             request_id = request_id or _header_safe(decoded.id) or new_request_id()
             payload, content = await self._answer(
-                service, session, route, decoded, request_id, started
+                service, session, route, decoded, request_id, started, trace
             )
             status = 200
         except GatewayError as exc:
@@ -86,6 +95,8 @@ class InferenceEndpoint:
                 app.service, app.gateway.access_log, model, route, status, request_id, seconds
             )
         await _send(send, status, payload, [*content, *extra, *_route_headers(route, request_id)])
+        if trace is not None:  # after the answer left: tracing does not delay it
+            _finish_trace(trace, status, route, request_id)
 
     async def _answer(
         self,
@@ -95,15 +106,47 @@ class InferenceEndpoint:
         decoded: InferRequest,
         request_id: str,
         started: float,
+        trace: "RequestTrace | None",
     ) -> tuple[bytes, RawHeaders]:
-        result = await infer_counted(service, session, route, decoded, request_id, started)
+        result = await infer_counted(service, session, route, decoded, request_id, started, trace)
+        if trace is not None:
+            trace.mark()
         payload, header_length = self._encode(result, decoded, request_id)
+        if trace is not None:
+            trace.step("encode")
         if header_length is None:
             return payload, JSON
         return payload, [
             (b"content-type", b"application/octet-stream"),
             (b"inference-header-content-length", str(header_length).encode()),
         ]
+
+
+def _begin_trace(
+    tracing: "Tracing", scope: Scope, headers: Headers, started: float
+) -> "RequestTrace | None":
+    route = _route_template(scope)
+    attributes = {
+        "http.request.method": "POST",
+        "http.route": route,
+        "url.path": scope["path"],
+        "gateway.model": scope["path_params"]["model"],
+    }
+    return tracing.begin(f"POST {route}", headers, attributes, started)
+
+
+def _route_template(scope: Scope) -> str:
+    """The route of the request, as OpenTelemetry's `http.route` (low cardinality)."""
+    if scope["path"].endswith(":predict"):
+        return "/v1/models/{model}:predict"
+    if scope["path_params"].get("variant") is not None:
+        return "/v2/models/{model}/versions/{variant}/infer"
+    return "/v2/models/{model}/infer"
+
+
+def _finish_trace(trace: "RequestTrace", status: int, route: Route | None, request_id: str) -> None:
+    attributes = {"http.response.status_code": status, "gateway.request_id": request_id}
+    trace.finish(attributes, route, str(status) if status >= 500 else None)
 
 
 def _compressed(payload: bytes, content: RawHeaders, accept: bytes) -> tuple[bytes, RawHeaders]:
