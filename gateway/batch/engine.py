@@ -118,7 +118,10 @@ def _merge(plan: Plan, checkpoint: Checkpoint) -> int:
     if first is None:  # an input without rows: an output without rows
         write_atomically([], empty_schema(plan), plan.job.output)
     else:
-        write_atomically(_chain(first, parts), first.schema, plan.job.output)
+        try:
+            write_atomically(_chain(first, parts), first.schema, plan.job.output)
+        except pa.ArrowInvalid as exc:  # parts of other columns: variants with other outputs
+            raise BatchFailed(f"the parts cannot be merged ({exc}); choose one --variant") from None
     checkpoint.remove()
     return rows
 

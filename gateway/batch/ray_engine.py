@@ -21,6 +21,7 @@ from typing import Any
 
 from gateway.batch.checkpoint import Checkpoint
 from gateway.batch.plan import BatchJob, plan_job
+from gateway.batch.predict import BatchFailed
 from gateway.errors import ConfigError
 
 
@@ -44,8 +45,11 @@ def run_on_ray(
         concurrency=max(1, min(workers, len(pending))),
         num_cpus=1,
     )
-    for answer in answers.iter_rows():
-        done(int(answer["chunk"]), int(answer["rows"]))
+    try:
+        for answer in answers.iter_rows():
+            done(int(answer["chunk"]), int(answer["rows"]))
+    except Exception as exc:  # a chunk's error, raised again in the driver by Ray (any type)
+        raise BatchFailed(f"the Ray job failed: {_cause(exc)}") from None
 
 
 class ChunkWorker:
@@ -79,6 +83,15 @@ class ChunkWorker:
         if loop is not None and not loop.is_closed():
             loop.run_until_complete(self._running.__aexit__(None, None, None))
             loop.close()
+
+
+def _cause(exc: Exception) -> str:
+    """The message of the error that stopped an actor, without Ray's traceback around it."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, Exception) and cause is not exc:
+        return _cause(cause)
+    lines = str(exc).strip().splitlines()
+    return lines[-1] if lines else type(exc).__name__
 
 
 def _import_ray() -> Any:
