@@ -116,9 +116,9 @@ def iris_rows(folder: Path) -> np.ndarray:
 def test_three_formats_routed_and_direct(
     files: dict[str, Path], ray_job: subprocess.Popen[bytes]
 ) -> None:
-    """Parquet routed through a 50% canary (every row as its variant answers it, each row shadowed
-    under its id); CSV and JSON lines straight to green: every prediction equals onnxruntime's.
-    (Asks for `ray_job` only to start it early.)"""
+    """Parquet routed through a 50% canary sticky by the user column (every row as its variant
+    answers it, each row shadowed under its id); CSV and JSON lines straight to green: every
+    prediction equals onnxruntime's. (Asks for `ray_job` only to start it early.)"""
     folder = files["folder"]
     runs = {
         "parquet": batch(files["config"], "iris", "--input", str(folder / "iris.parquet"), "--output", str(folder / "out.parquet"), "--chunk-rows", "8", "--batch-rows", "3"),
