@@ -108,12 +108,7 @@ async def _attempt(
         session = service.session(model, route.variant)
         service.admit(session, started)
         decoded = _decode(body, message.headers)
-        request_id = (
-            request_id
-            or (decoded.id and header_safe(decoded.id))
-            or header_safe(message.id)
-            or new_request_id()
-        )
+        request_id = _request_id(request_id, decoded, message)
         result = await infer_counted(service, session, route, decoded, request_id, started)
         return prediction(result, decoded, request_id, message.id), route
     except GatewayError as exc:
@@ -121,6 +116,13 @@ async def _attempt(
     except Exception:
         log.exception("unexpected error answering message %s of model %s", message.id, model)
         return dead_letter(message, model, 500, INTERNAL_ERROR, request_id), route
+
+
+def _request_id(given: str | None, decoded: InferRequest, message: Message) -> str:
+    """The x-request-id header's, else the body's `id`, else the message's own (each only if
+    it is a safe id), else a new one."""
+    body_id = decoded.id and header_safe(decoded.id)
+    return given or body_id or header_safe(message.id) or new_request_id()
 
 
 def _body(message: Message, max_body_bytes: int) -> bytes:
