@@ -80,7 +80,7 @@ class RedisConsumer(StreamConsumer):
                     self.config.input, self.config.group_name, self.consumer
                 )
         except (*DOWN, ResponseError) as exc:
-            log.info("consumer %s left in its group: %s", self.consumer, exc)
+            log.info("consumer %s not removed from its group: %s", self.consumer, exc)
         await self.client.aclose()
 
     async def _step(self) -> None:
