@@ -29,15 +29,19 @@ def add_batch_command(commands: "argparse._SubParsersAction[Any]") -> None:
     batch.add_argument("--input", required=True, type=Path, help=".parquet, .csv or .jsonl")
     batch.add_argument("--output", required=True, type=Path, help="its format from its name")
     default_config = os.environ.get("GATEWAY_CONFIG", DEFAULT_CONFIG)
-    batch.add_argument("--config", type=Path, default=Path(default_config))
+    batch.add_argument("--config", type=Path, default=Path(default_config), help="as serve's")
     batch.add_argument("--variant", help="send every row to this variant (default: routed)")
     batch.add_argument("--id-column", default="id", help="the rows' ids (default: %(default)s)")
-    batch.add_argument("--columns", type=_names, help="feature columns, comma-separated")
+    batch.add_argument(
+        "--columns", type=_names, help="feature columns, comma-separated (default: all others)"
+    )
     batch.add_argument("--chunk-rows", type=int, default=10_000, help="rows per checkpoint")
     batch.add_argument("--batch-rows", type=int, default=1024, help="rows per model run")
-    batch.add_argument("--engine", choices=("local", "ray"), default="local")
+    batch.add_argument(
+        "--engine", choices=("local", "ray"), default="local", help="ray: a Ray Data job"
+    )
     batch.add_argument("--workers", type=int, default=1, help="Ray actors (--engine ray)")
-    batch.add_argument("--pushgateway", help="push the metrics to this Pushgateway URL at the end")
+    batch.add_argument("--pushgateway", help="push the metrics to this Pushgateway at the end")
 
 
 def run_batch_command(args: argparse.Namespace) -> int:
