@@ -5,6 +5,8 @@ layer maps them to `{"error": message}` responses in one place. Nothing here imp
 framework, so the service and runtime layers raise these freely.
 """
 
+import sys
+
 
 class GatewayError(Exception):
     """Base class: an error with a message a user can act on and an HTTP status."""
@@ -92,3 +94,14 @@ class InferenceTimeout(GatewayError):
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the file, the field and the problem."""
+
+
+def redis_errors() -> tuple[type[Exception], ...]:
+    """What a call to Redis may raise, for an `except` clause: redis-py's RedisError and OSError.
+
+    redis is imported only when the gateway uses Redis (the import adds about 22 MB to each
+    worker); until then none of its errors can be raised, so OSError alone is matched. The
+    clause calls this only when an exception is being matched, never on the way through.
+    """
+    exceptions = sys.modules.get("redis.exceptions")
+    return (OSError,) if exceptions is None else (exceptions.RedisError, OSError)

@@ -15,8 +15,8 @@ import gc
 import logging
 import os
 from collections.abc import Collection, Mapping
+from typing import TYPE_CHECKING
 
-import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from gateway.access_log import AccessLog
@@ -25,7 +25,6 @@ from gateway.control import (
     EmbeddedStore,
     HistoryEntry,
     LastKnownRouting,
-    RedisStore,
     RoutingStore,
 )
 from gateway.errors import ConfigError, Conflict, Unavailable
@@ -44,6 +43,9 @@ from gateway.sources.follow import AliasFollower
 from gateway.sources.resolve import Key, ResolvedSource
 from gateway.streams.config import select_consumers
 from gateway.streams.tasks import ConsumerTasks
+
+if TYPE_CHECKING:  # imported only with Redis: gateway.errors.redis_errors
+    import redis.asyncio as aioredis
 
 log = logging.getLogger(__name__)
 
@@ -319,6 +321,10 @@ class Gateway:
     def _store(self) -> RoutingStore:
         if self.settings.redis_url is None:
             return EmbeddedStore(self.settings.data_dir / "routing")
+        import redis.asyncio as aioredis  # only with Redis: it adds about 22 MB to a worker
+
+        from gateway.control.redis_store import RedisStore
+
         self._redis = aioredis.Redis.from_url(
             self.settings.redis_url, socket_timeout=2.0, socket_connect_timeout=1.0
         )

@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import orjson
-import redis
 
 from gateway.shadow import Record, background_priority, yield_gil
 
@@ -49,6 +48,8 @@ class RedisStreamSink(_BackgroundSink):
     """
 
     def __init__(self, url: str, maxlen: int) -> None:
+        import redis  # only with Redis: it adds about 22 MB to a worker (gateway.errors)
+
         super().__init__("redis")
         self._client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=1.0)
         self._maxlen = maxlen

@@ -3,7 +3,6 @@
 from gateway.control.embedded import EmbeddedStore
 from gateway.control.last_known import LastKnownRouting
 from gateway.control.plane import ControlPlane
-from gateway.control.redis_store import RedisStore
 from gateway.control.store import HistoryEntry, RoutingStore
 
 __all__ = [
@@ -11,6 +10,5 @@ __all__ = [
     "EmbeddedStore",
     "HistoryEntry",
     "LastKnownRouting",
-    "RedisStore",
     "RoutingStore",
 ]

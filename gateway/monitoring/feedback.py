@@ -15,9 +15,10 @@ errors) per variant: every worker and replica adds into the same ones, so the on
 
 import time
 from collections import deque
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import redis.asyncio as aioredis
+if TYPE_CHECKING:  # imported only with Redis: gateway.errors.redis_errors
+    import redis.asyncio as aioredis
 
 PREDICTIONS_KEY = "gateway:feedback:{model}:predictions:{minute}"
 SCORES_KEY = "gateway:feedback:{model}:scores"
@@ -107,7 +108,7 @@ class MemoryFeedback:
 class RedisFeedback:
     """With Redis: shared by every worker and replica (see the module docstring)."""
 
-    def __init__(self, client: aioredis.Redis, ttl_s: float) -> None:
+    def __init__(self, client: "aioredis.Redis", ttl_s: float) -> None:
         self._client = client
         self.ttl_s = ttl_s
 

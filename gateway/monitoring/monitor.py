@@ -25,15 +25,14 @@ from collections import defaultdict, deque
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import numpy as np
 import orjson
-import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from gateway.errors import ConfigError, Conflict, NotFound, Unavailable
+from gateway.errors import ConfigError, Conflict, NotFound, Unavailable, redis_errors
 from gateway.metrics import Metrics
 from gateway.monitoring.drift import class_statistics, numeric_statistics
 from gateway.monitoring.feedback import FeedbackStore, MemoryFeedback, RedisFeedback, Scores
@@ -43,6 +42,9 @@ from gateway.monitoring.reference_file import read_reference
 from gateway.routing import RoutingTable
 from gateway.runtime import ModelRepository, ModelSession
 from gateway.settings import MonitoringConfig, Settings
+
+if TYPE_CHECKING:  # imported only with Redis: gateway.errors.redis_errors
+    import redis.asyncio as aioredis
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -140,7 +142,7 @@ class Monitor:
         table: RoutingTable,
         metrics: Metrics,
         registry: CollectorRegistry,
-        redis_client: aioredis.Redis | None,
+        redis_client: "aioredis.Redis | None",
     ) -> None:
         self.settings = settings
         self.repository = repository
@@ -236,7 +238,7 @@ class Monitor:
         merged = await self._merged(model, now)
         try:
             self._scores[model] = await self.feedback_store.scores(model)
-        except (aioredis.RedisError, OSError) as exc:
+        except redis_errors() as exc:
             log.warning("online metrics of %s not read: %s", model, exc)
         report = self._reports[model] = await self._report(model, merged)
         return report
@@ -327,7 +329,7 @@ class Monitor:
             chunks = [raw[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]
         try:
             await self.feedback_store.keep(model, variant, [i.request_id for i in items], chunks)
-        except (aioredis.RedisError, OSError) as exc:
+        except redis_errors() as exc:
             log.warning("predictions of %s not kept for feedback: %s", model, exc)
 
     def _variant(self, model: str, variant: str) -> _Variant | None:
@@ -369,7 +371,7 @@ class Monitor:
                 pipe.expire(key, int(window_s * 2) + 60)
                 pipe.hgetall(key)
                 _, _, everyone = await pipe.execute()
-        except (aioredis.RedisError, OSError) as exc:
+        except redis_errors() as exc:
             log.warning("live profile of %s not shared (this worker's alone): %s", model, exc)
             return own
         merged: dict[str, tuple[Counts, Counts]] = {}
@@ -383,7 +385,7 @@ class Monitor:
             for variant, (inputs, outputs) in entry["variants"].items():
                 _add(merged, variant, Counts.from_dict(inputs), Counts.from_dict(outputs))
         if stale:
-            with contextlib.suppress(aioredis.RedisError, OSError):
+            with contextlib.suppress(*redis_errors()):
                 await client.hdel(key, *stale)
         return merged
 
@@ -539,7 +541,7 @@ class Monitor:
     async def _call(self, awaitable: Awaitable[T]) -> T:
         try:
             return await awaitable
-        except (aioredis.RedisError, OSError) as exc:
+        except redis_errors() as exc:
             raise Unavailable(f"Redis is unreachable: {exc}") from None
 
     # -- feedback ----------------------------------------------------------------------------
@@ -553,7 +555,7 @@ class Monitor:
             found = await self.feedback_store.take(
                 model, [item.request_id for item in items], variants
             )
-        except (aioredis.RedisError, OSError) as exc:
+        except redis_errors() as exc:
             raise Unavailable(f"Redis is unreachable: {exc}") from None
         scores: Scores = {}
         results = []
@@ -574,7 +576,7 @@ class Monitor:
             scores[""] = {"unmatched": float(unmatched)}
         try:
             await self.feedback_store.add(model, scores)
-        except (aioredis.RedisError, OSError) as exc:
+        except redis_errors() as exc:
             raise Unavailable(f"Redis is unreachable, feedback not scored: {exc}") from None
         for variant, values in scores.items():
             if variant:

@@ -13,15 +13,16 @@ import asyncio
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
-from gateway.errors import Conflict, Unavailable
+from gateway.errors import Conflict, Unavailable, redis_errors
 from gateway.rollout.figures import Figures
 from gateway.rollout.record import Rollout
+
+if TYPE_CHECKING:  # imported only with Redis: gateway.errors.redis_errors
+    import redis.asyncio as aioredis
 
 RECORD_KEY = "gateway:rollout:{model}"
 FIGURES_KEY = "gateway:rollout:{model}:figures"
@@ -129,7 +130,7 @@ class EmbeddedRollouts:
 class RedisRollouts:
     """Records, figures and the lease in Redis; a Redis failure is Unavailable (503)."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: "aioredis.Redis") -> None:
         self._client = client
         self._put = client.register_script(_PUT)
         self._renew = client.register_script(_RENEW)
@@ -174,7 +175,7 @@ class RedisRollouts:
     async def _call(self, awaitable: Any) -> Any:
         try:
             return await awaitable
-        except (RedisError, OSError) as exc:
+        except redis_errors() as exc:
             raise Unavailable(f"the rollout store (Redis) is unreachable: {exc}") from exc
 
 

@@ -6,7 +6,8 @@ import pytest
 import redis.asyncio as aioredis
 from support import RedisServer
 
-from gateway.control import ControlPlane, RedisStore
+from gateway.control import ControlPlane
+from gateway.control.redis_store import RedisStore
 from gateway.routing import RoutingState, RoutingTable
 
 pytestmark = pytest.mark.redis
