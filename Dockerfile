@@ -3,8 +3,8 @@
 #   docker build -t model-gateway .
 #   docker run --rm -p 8000:8000 model-gateway
 # Settings come from the environment (GATEWAY_CONFIG, GATEWAY_HOST, GATEWAY_PORT, GATEWAY_WORKERS,
-# GATEWAY_REDIS_URL, GATEWAY_ADMIN_TOKEN), so the Helm chart can point GATEWAY_CONFIG at a
-# ConfigMap without overriding the command.
+# GATEWAY_REDIS_URL, GATEWAY_ADMIN_TOKEN, GATEWAY_GRPC_PORT, GATEWAY_OTEL_ENDPOINT), so the Helm
+# chart can point GATEWAY_CONFIG at a ConfigMap without overriding the command.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -18,7 +18,10 @@ WORKDIR /src
 # Only what `pip install .` reads (pyproject names README.md as the long description).
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
-RUN pip install .
+# Optional extras (pyproject.toml): gRPC and OpenTelemetry, which the chart's grpc.enabled and
+# otel.endpoint switch on; `--build-arg EXTRAS=grpc,otel,mlflow` adds MLflow model sources.
+ARG EXTRAS=grpc,otel
+RUN pip install ".[${EXTRAS}]"
 
 # --- runtime: no build tools, no source tree, a non-root user ----------------------------------
 FROM ${PYTHON_IMAGE}

@@ -110,6 +110,9 @@ shutdown would kill pods in the middle of it.
 {{- fail (printf "model-gateway: terminationGracePeriodSeconds %d is shorter than preStopSleepSeconds + shutdown.drainSeconds + shutdown.timeoutSeconds + shutdown.marginSeconds (%d): pods would be killed mid-drain; raise it or leave it null" (int .Values.terminationGracePeriodSeconds) $needed) }}
 {{- end }}
 {{- end }}
+{{- if and .Values.grpc.enabled (eq (int .Values.grpc.containerPort) (int .Values.containerPort)) }}
+{{- fail (printf "model-gateway: grpc.containerPort %d is the HTTP containerPort; give gRPC a port of its own" (int .Values.grpc.containerPort)) }}
+{{- end }}
 {{- $pods := int .Values.replicaCount }}
 {{- if .Values.autoscaling.enabled }}
 {{- $pods = int .Values.autoscaling.maxReplicas }}
