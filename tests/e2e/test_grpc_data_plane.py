@@ -173,7 +173,7 @@ def test_canary_split_within_binomial_bounds_and_sticky(served: Served) -> None:
 
 def test_errors_map_to_status_codes(served: Served) -> None:
     """Unknown model or variant NOT_FOUND; wrong shape, datatype, name, contents or bytes
-    INVALID_ARGUMENT; the server answers on."""
+    INVALID_ARGUMENT; an RPC the gateway does not serve UNIMPLEMENTED; the server answers on."""
     client, stub = served.grpc, served.stub
     assert status_of(lambda: client.infer("nope", [iris_input()])) == grpc.StatusCode.NOT_FOUND
     assert status_of(lambda: client.infer("iris", [iris_input()], model_version="red")) == (
@@ -200,6 +200,8 @@ def test_errors_map_to_status_codes(served: Served) -> None:
         lambda: unreadable(b"\xff\xff\xff"),
     ):
         assert status_of(call) == grpc.StatusCode.INVALID_ARGUMENT
+    statistics = served.channel.unary_unary("/inference.GRPCInferenceService/ModelStatistics")
+    assert status_of(lambda: statistics(b"")) == grpc.StatusCode.UNIMPLEMENTED
     assert client.is_server_live()
 
 
