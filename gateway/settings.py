@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.config_types import RedisUrl
 from gateway.errors import ConfigError
 from gateway.rollout.plan import RolloutPlan
 from gateway.sources.uri import is_model_uri, parse_model_uri
@@ -222,7 +223,7 @@ class Settings(_Frozen):
     model_repository: Path = Field(
         default=Path("models"), description="Folder of <model>/<version>/model.onnx files."
     )
-    redis_url: str | None = Field(
+    redis_url: RedisUrl = Field(
         default=None, description="redis://host:port/db; null runs embedded (state in data_dir)."
     )
     data_dir: Path = Field(
@@ -339,13 +340,6 @@ class Settings(_Frozen):
         if models is not None:
             check_consumers(value, models.keys(), info.data.get("redis_url"))
         return value
-
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_scheme(cls, value: str | None) -> str | None:
-        if value and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
-        return value or None
 
     @model_validator(mode="after")
     def _registry_known(self) -> Self:

@@ -8,8 +8,9 @@ Kafka consumer has `bootstrap_servers`, and names are unique.
 from collections.abc import Collection, Iterable, Sequence
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway.config_types import RedisUrl
 from gateway.errors import ConfigError
 
 ConsumerName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=128)]
@@ -66,7 +67,7 @@ class ConsumerConfig(BaseModel):
         description="Redis: cap of the output and dead-letter streams (XADD MAXLEN ~); "
         "null: uncapped.",
     )
-    redis_url: str | None = Field(
+    redis_url: RedisUrl = Field(
         default=None,
         description="Redis: redis://host:port/db of the streams; default the gateway's redis_url.",
     )
@@ -94,13 +95,6 @@ class ConsumerConfig(BaseModel):
         "(security.protocol, sasl.*, ...); the gateway sets group.id, bootstrap.servers, "
         "auto.offset.reset and enable.auto.commit itself.",
     )
-
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_scheme(cls, value: str | None) -> str | None:
-        if value and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
-        return value or None
 
     @model_validator(mode="after")
     def _source_fields(self) -> Self:
