@@ -66,7 +66,8 @@ def decode_request(request: ModelInferRequest, time_remaining: float | None) -> 
         name = tensor.name
         if name in inputs:
             raise BadRequest(f"input {name!r} is given twice")
-        _refuse(tensor.parameters, UNSUPPORTED_INPUT_PARAMETERS, f"input {name!r}")
+        if tensor.parameters:
+            _refuse(tensor.parameters, UNSUPPORTED_INPUT_PARAMETERS, f"input {name!r}")
         dtype = dtype_of(tensor.datatype, name)
         shape = check_shape(list(tensor.shape), dtype, name)
         if raw and tensor.HasField("contents"):
@@ -75,7 +76,7 @@ def decode_request(request: ModelInferRequest, time_remaining: float | None) -> 
     return InferRequest(
         request.id or None,
         inputs,
-        _requested(request.outputs),
+        _requested(request.outputs) if request.outputs else None,
         bool(raw),  # raw outputs for a raw request
         False,  # columnar: v1 only
         _timeout(request.parameters, time_remaining),
@@ -128,7 +129,8 @@ def _requested(
     for output in outputs:
         if output.name in requested:
             raise BadRequest(f"output {output.name!r} is requested twice")
-        _refuse(output.parameters, UNSUPPORTED_OUTPUT_PARAMETERS, f"output {output.name!r}")
+        if output.parameters:
+            _refuse(output.parameters, UNSUPPORTED_OUTPUT_PARAMETERS, f"output {output.name!r}")
         requested[output.name] = RequestedOutput(output.name)
     return tuple(requested.values()) or None
 
@@ -145,7 +147,7 @@ def _timeout(parameters: Parameters, time_remaining: float | None) -> float | No
     """Seconds the request may take: the shorter of Triton's `timeout` parameter (int64
     microseconds, 0: none) and the gRPC deadline; None: neither (`request_timeout_s` rules)."""
     own = None
-    if "timeout" in parameters:
+    if parameters and "timeout" in parameters:
         parameter = parameters["timeout"]
         if parameter.WhichOneof("parameter_choice") != "int64_param" or parameter.int64_param < 0:
             raise BadRequest(
