@@ -126,7 +126,7 @@ def test_under_load_a_good_variant_is_promoted_a_failing_or_slow_one_rolled_back
 ) -> None:
     """Three rollouts at once, 2 workers + Redis, locust load: the same model walks shadow,
     25% and 50% to promotion with no failed request; the one failing 11% of rows is rolled back
-    within two analyses by the error check; the 3x slower one by the latency check. Each
+    within three analyses by the error check; the 3x slower one by the latency check. Each
     rollback says why in the history and restores the routing from before."""
     models = ["good", "bad", "slower"]
     config = write_config(tmp_path, rollout_repo, models, redis_url=redis_server.url)
@@ -165,8 +165,10 @@ def test_under_load_a_good_variant_is_promoted_a_failing_or_slow_one_rolled_back
     failed = records["bad"]
     assert failed["phase"] == "Degraded" and failed["decisions"][-1]["decision"] == "rollback"
     assert failed["decisions"][-1]["reason"].startswith("error_rate:")
-    # Within two analysis windows of the step's start (plus the judge's half-second tick).
-    assert failed["decisions"][-1]["time"] - failed["started"] <= 2 * 2.0 + 1.0
+    # Within three analyses of the step's start (plus the judge's half-second tick): the SPRT
+    # decides on about 30 requests of the canary, which a loaded machine's locust sends in two
+    # to three windows of 2 s; a check that waited for the step's hour would take far longer.
+    assert failed["decisions"][-1]["time"] - failed["started"] <= 3 * 2.0 + 0.5
     assert counts["bad"][1] > 0  # the flaky canary's answers were real failures
 
     slowed = records["slower"]
