@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import yaml
 from support import (
+    EARLY_MLFLOW,
     MODELS,
     GatewayProcess,
     RedisServer,
@@ -72,3 +73,13 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
     yield start
     for gateway in started:
         gateway.stop()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the MLflow registry now if its tests will run (support.EarlyMlflow)."""
+    if any(item.path.name == "test_mlflow_source.py" for item in session.items):
+        EARLY_MLFLOW.start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    EARLY_MLFLOW.remove()

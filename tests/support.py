@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -374,3 +375,74 @@ def make_iris_copy(
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
+
+
+class MlflowServer:
+    """`mlflow server` on a free port, one worker and no job runner (the test needs neither),
+    stopped by its process group's id."""
+
+    def __init__(self, directory: Path) -> None:
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self._directory = directory
+        self._log = directory / "mlflow.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start it, unless it runs already."""
+        if self.process is not None:
+            return
+        command = [
+            sys.executable, "-m", "mlflow", "server", "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{self._directory / 'mlflow.db'}",
+            "--default-artifact-root", str(self._directory / "artifacts"),
+            "--host", "127.0.0.1", "--port", self.url.rsplit(":", 1)[1],
+        ]  # fmt: skip
+        with self._log.open("wb") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            )  # fmt: skip
+
+    def wait_ready(self) -> None:
+        def health() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"mlflow server exited:\n{self._log.read_text()}")
+            return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+
+        wait_until(health, timeout=180, interval=0.2)
+
+    def stop(self) -> None:
+        """Stop at once, as a registry that goes down would (SIGKILL to its process group)."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=20)
+        self.process = None
+
+
+class EarlyMlflow:
+    """The MLflow registry of tests/e2e/test_mlflow_source.py, started when collection ends
+    (tests/conftest.py) if that module will run: its start-up, about 13 s of imports, then
+    overlaps the tests before it. Removed at the end of the session."""
+
+    def __init__(self) -> None:
+        self._directory: Path | None = None
+        self._server: MlflowServer | None = None
+
+    def start(self) -> None:
+        self._directory = Path(tempfile.mkdtemp(prefix="gateway-mlflow-"))
+        self._server = MlflowServer(self._directory)
+        self._server.start()
+
+    def take(self) -> "MlflowServer | None":
+        """The started server, handed over once (its taker stops it)."""
+        server, self._server = self._server, None
+        return server
+
+    def remove(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+        if self._directory is not None:
+            shutil.rmtree(self._directory, ignore_errors=True)
+
+
+EARLY_MLFLOW = EarlyMlflow()

@@ -4,11 +4,7 @@ differently, and one gateway with two workers (and Redis) that serves `models:/i
 follows the alias on every worker, begins one rollout per move, and keeps serving when the
 registry stops (README "Sources and sinks")."""
 
-import os
 import re
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,11 +16,12 @@ import pytest
 import yaml
 from support import (
     ADMIN,
+    EARLY_MLFLOW,
     IRIS_ROWS,
     MODELS,
     GatewayProcess,
+    MlflowServer,
     RedisServer,
-    free_port,
     iris_body,
     wait_until,
 )
@@ -39,45 +36,6 @@ pytestmark = pytest.mark.e2e
 NO_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
 WORKERS = 2
 VERSIONS = {"1": MODELS / "iris" / "1" / "model.onnx", "2": MODELS / "iris" / "3" / "model.onnx"}
-
-
-class MlflowServer:
-    """`mlflow server` on a free port, one worker and no job runner (the test needs neither),
-    stopped by its process group's id."""
-
-    def __init__(self, directory: Path) -> None:
-        self.url = f"http://127.0.0.1:{free_port()}"
-        self._directory = directory
-        self._log = directory / "mlflow.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        command = [
-            sys.executable, "-m", "mlflow", "server", "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{self._directory / 'mlflow.db'}",
-            "--default-artifact-root", str(self._directory / "artifacts"),
-            "--host", "127.0.0.1", "--port", self.url.rsplit(":", 1)[1],
-        ]  # fmt: skip
-        with self._log.open("wb") as log:
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-            )  # fmt: skip
-
-    def wait_ready(self) -> None:
-        def health() -> bool:
-            if self.process is not None and self.process.poll() is not None:
-                raise AssertionError(f"mlflow server exited:\n{self._log.read_text()}")
-            return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
-
-        wait_until(health, timeout=180, interval=0.2)
-
-    def stop(self) -> None:
-        """Stop at once, as a registry that goes down would (SIGKILL to its process group)."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=20)
-        self.process = None
 
 
 def register(client: Any, files: dict[str, Path]) -> None:
@@ -96,8 +54,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MlflowS
     """The registry: iris versions 1 and 2 (different answers), 3 (no ONNX file), 4 (two), 5
     (another model's inputs); `champion` and `challenger` point at version 1."""
     directory = tmp_path_factory.mktemp("mlflow")
-    server = MlflowServer(directory)
-    server.start()  # its start-up overlaps with MLflow's import here
+    server = EARLY_MLFLOW.take() or MlflowServer(directory)
+    server.start()  # if not started at collection (conftest): overlaps MLflow's import here
     from mlflow import MlflowClient
 
     notes = directory / "README.txt"
