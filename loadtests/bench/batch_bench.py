@@ -8,13 +8,16 @@ chunks of `--chunk-rows` and write a Parquet file of the id and the model's 512 
 fixed-size list). The plain loop (`batch_bench.py plain`) is what a user would write without the
 gateway: pyarrow's batches, `np.column_stack`, one `InferenceSession.run` per chunk with
 onnxruntime's default options (a thread per core), one `ParquetWriter`. `gateway batch` runs the
-heavy model as configured for serving (monitoring on, no routing beyond live), with its
+heavy model as configured for serving (monitoring on, and off; no routing beyond live), with its
 checkpoint. Each is timed end to end as a command (Python's start-up included), and on a
-one-row file of the same width to tell start-up from throughput. Prints a JSON summary.
+one-row file of the same width to tell start-up from throughput. Prints a JSON summary: medians,
+and medians of each round's ratio to the plain loop (above 1: faster than the plain loop).
 """
 
 import argparse
 import json
+import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -124,20 +127,27 @@ def bench(rows: int, chunk_rows: int, rounds: int, directory: Path) -> dict[str,
 def summary(
     rows: int, walls: dict[str, list[float]], starts: dict[str, list[float]]
 ) -> dict[str, object]:
+    """Medians of each case, and of its per-round ratios to the plain loop of the same round
+    (the machine's load moves between rounds more than between neighbouring runs)."""
     found: dict[str, object] = {"rows": rows, "walls_s": walls, "starts_s": starts}
-    base_wall = statistics.median(walls["plain"])
-    base_steady = base_wall - statistics.median(starts["plain"])
     for name in walls:
         wall, start = statistics.median(walls[name]), statistics.median(starts[name])
+        after = [w - s for w, s in zip(walls[name], starts[name], strict=True)]
+        plain_after = [w - s for w, s in zip(walls["plain"], starts["plain"], strict=True)]
         found[name] = {
             "wall_s": round(wall, 3),
             "start_s": round(start, 3),
             "rows_per_s": round(rows / wall),
-            "rows_per_s_after_start": round(rows / (wall - start)),
-            "ratio": round(base_wall / wall, 3),
-            "ratio_after_start": round(base_steady / (wall - start), 3),
+            "rows_per_s_after_start": round(rows / statistics.median(after)),
+            "ratio": round(statistics.median(map(_ratio, walls["plain"], walls[name])), 3),
+            "ratio_after_start": round(statistics.median(map(_ratio, plain_after, after)), 3),
         }
     return found
+
+
+def _ratio(plain_s: float, case_s: float) -> float:
+    """Throughput of the case over the plain loop's: the inverse ratio of their times."""
+    return plain_s / case_s
 
 
 def main() -> None:
@@ -152,8 +162,15 @@ def main() -> None:
     if args.mode == "plain":
         plain(args.input, args.output, args.chunk_rows)
         return
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="batch-bench-") as directory:
         figures = bench(args.rows, args.chunk_rows, args.rounds, Path(directory))
+    figures["machine"] = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
     print(json.dumps(figures, indent=1))
 
 
