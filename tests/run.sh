@@ -37,5 +37,9 @@ echo "== ruff"
 echo "== mypy"
 .venv/bin/mypy
 echo "== pytest"
+# Bytecode is written as modules are first imported (pip installed none, above), so the many
+# processes the tests start (gateways, workers, locust, Ray, the MLflow server) compile each
+# module once, not each at its own start, as they would where PYTHONDONTWRITEBYTECODE is set.
+unset PYTHONDONTWRITEBYTECODE
 # Any non-zero exit fails, including 5 (no tests collected).
 .venv/bin/python -m pytest "$@"
