@@ -68,7 +68,7 @@ def serve(args: argparse.Namespace) -> int:
             check_grpc_installed()
         if settings.otel_endpoint is not None:
             check_tracing_installed()
-        repository = _preload(settings, args.workers)
+        repository = preload(settings, args.workers)
     except ConfigError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
@@ -95,7 +95,7 @@ def serve(args: argparse.Namespace) -> int:
         ),
         # After SIGTERM's drain (gateway.http.drain), what requests in flight get to finish.
         "timeout_graceful_shutdown": settings.shutdown_timeout_s,
-        "log_config": _log_config(args.log_level),
+        "log_config": log_config(args.log_level),
     }
     if args.workers == 1:
         binding = GrpcBinding(args.host, share_port=False)
@@ -128,7 +128,7 @@ def _check_workers(settings: Settings, workers: int) -> None:
         )
 
 
-def _preload(settings: Settings, workers: int) -> ModelRepository | None:
+def preload(settings: Settings, workers: int) -> ModelRepository | None:
     """Load every variant before serving, so a bad model stops start-up with a message.
 
     One process keeps what it loaded; with several workers each loads its own (they are
@@ -145,7 +145,7 @@ def _preload(settings: Settings, workers: int) -> ModelRepository | None:
     return repository if workers == 1 else None
 
 
-def _log_config(level: str) -> dict[str, Any]:
+def log_config(level: str) -> dict[str, Any]:
     """uvicorn's logging config, with the gateway's own loggers on its default handler."""
     from uvicorn.config import LOGGING_CONFIG
 

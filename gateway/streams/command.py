@@ -50,13 +50,13 @@ def check_consumers_installed(settings: Settings, names: Collection[str] | None)
 
 def run_consume_command(args: argparse.Namespace) -> int:
     """Check the config, the consumers and the models, then run them under uvicorn."""
-    from gateway.cli import _log_config, _preload  # the same checks and logs as `serve`
+    from gateway.cli import log_config, preload  # the same checks and logs as `serve`
 
     try:
         settings = load_settings(args.config)
         if not check_consumers_installed(settings, args.consumer):
             raise ConfigError(f"{settings.config_path}: consumers: none configured")
-        repository = _preload(settings, 1)
+        repository = preload(settings, 1)
     except ConfigError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
@@ -71,7 +71,7 @@ def run_consume_command(args: argparse.Namespace) -> int:
         "access_log": False,
         "server_header": False,
         "timeout_graceful_shutdown": settings.shutdown_timeout_s,
-        "log_config": _log_config(args.log_level),
+        "log_config": log_config(args.log_level),
     }
     uvicorn.run(create_app(settings, repository, consumers=args.consumer), **options)
     return 0
