@@ -3,6 +3,8 @@ spans collected with the SDK's in-memory exporter, and once exported over OTLP/g
 receiver the test runs."""
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
-from support import free_port, iris_body
+from support import ROOT, free_port, iris_body
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
@@ -194,6 +196,27 @@ async def test_tracing_is_off_without_an_endpoint(make_client: Callable[..., Any
     assert (await client.post("/v2/models/iris/infer", json=iris_body())).status_code == 200
     app = client._transport.app  # type: ignore[attr-defined]
     assert app.tracing is None
+
+
+def test_off_means_not_even_imported() -> None:
+    """Without otel_endpoint and grpc_port, serving the bundled config imports neither
+    OpenTelemetry nor grpcio nor protobuf: nothing of theirs is on the request path."""
+    script = (
+        "import asyncio, sys\n"
+        "from gateway.http import create_app\n"
+        "from gateway.settings import load_settings\n"
+        "async def main():\n"
+        "    app = create_app(load_settings('gateway.yaml'))\n"
+        "    async with app.router.lifespan_context(app):\n"
+        "        roots = {name.split('.')[0] for name in sys.modules}\n"
+        "        print(sorted(roots & {'opentelemetry', 'grpc', 'google'}))\n"
+        "asyncio.run(main())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]"
 
 
 async def test_grpc_server_stops_with_the_app(write_config: Callable[..., Path]) -> None:
