@@ -1,5 +1,5 @@
 """Benchmark: `gateway batch` on the heavy model against a plain onnxruntime loop over the same
-file, in the same run, alternating (README "Batch inference"; docs/benchmarks.md).
+file, in the same run, alternating (README "Batch inference"; docs/benchmarks-batch.md).
 
     flock /tmp/gateway-bench.lock python loadtests/bench/batch_bench.py [--rows 100000]
 

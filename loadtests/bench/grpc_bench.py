@@ -1,5 +1,4 @@
-"""The gRPC data plane and tracing, measured in one run (issue 14; docs/benchmarks.md, "gRPC and
-tracing").
+"""The gRPC data plane and tracing, measured in one run (issue 14; docs/benchmarks-grpc.md).
 
     flock /tmp/gateway-bench.lock timeout 1200 \
         python loadtests/bench/grpc_bench.py --rounds 3 --duration 4 [--baseline DIR]
