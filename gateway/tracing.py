@@ -16,8 +16,9 @@ the span a child of the caller's. The status is ERROR for answers of 500 and abo
 their gRPC codes (INTERNAL, UNAVAILABLE, DEADLINE_EXCEEDED), as the conventions say.
 
 Off unless `otel_endpoint` is set: nothing here imports OpenTelemetry until then, and a request
-pays only for its transport's `if trace is not None` tests (docs/benchmarks-grpc.md). On, a request takes marks (`time.perf_counter()`) as it goes and its spans are made
-with those times when it ends; the SDK's BatchSpanProcessor exports them over OTLP/gRPC from its
+pays only for its transport's `if trace is not None` tests (docs/benchmarks-grpc.md). On, a
+request takes marks (`time.perf_counter()`) as it goes and its spans are made with those times
+when it ends; the SDK's BatchSpanProcessor exports them over OTLP/gRPC from its
 own thread. The sampler is the SDK's default (parent-based, always on), which OpenTelemetry's
 `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` change; `OTEL_SERVICE_NAME` and
 `OTEL_RESOURCE_ATTRIBUTES` name the service (default `model-gateway`).
