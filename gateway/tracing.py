@@ -25,6 +25,7 @@ own thread. The sampler is the SDK's default (parent-based, always on), which Op
 """
 
 import importlib.util
+import threading
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -35,12 +36,14 @@ from gateway.errors import ConfigError
 if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.trace import Span, Tracer
 
     from gateway.routing import Route
 
 SERVICE_NAME = "model-gateway"
 TRACE_HEADERS = (b"traceparent", b"tracestate")  # W3C Trace Context
+FLUSH_S = 2.0  # at shutdown, for the spans still buffered to be exported
 
 
 def check_tracing_installed() -> None:
@@ -62,10 +65,11 @@ _EXTRA_MODULES = ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.
 class Tracing:
     """Starts one RequestTrace per request; its spans go to `provider`'s processors."""
 
-    def __init__(self, provider: "TracerProvider") -> None:
+    def __init__(self, provider: "TracerProvider", exporter: "SpanExporter | None" = None) -> None:
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         self.provider = provider
+        self._exporter = exporter  # stopped at shutdown after FLUSH_S, when given
         self._tracer = provider.get_tracer("gateway", __version__)
         self._propagator = TraceContextTextMapPropagator()
 
@@ -81,8 +85,9 @@ class Tracing:
         if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
             resource = resource.merge(Resource({"service.name": SERVICE_NAME}))
         provider = TracerProvider(resource=resource)
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
-        return cls(provider)
+        exporter = OTLPSpanExporter(endpoint=endpoint)
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+        return cls(provider, exporter)
 
     def begin(
         self,
@@ -115,7 +120,18 @@ class Tracing:
         return RequestTrace(self._tracer, span, epoch_ns, started)
 
     def shutdown(self) -> None:
-        """Export what is still buffered, then stop (blocks up to the exporter's timeout)."""
+        """Export what is still buffered for up to FLUSH_S, then stop. What a collector that is
+        down has not taken by then is dropped: its exporter would retry each batch for 10 s,
+        holding SIGTERM's exit past Kubernetes' grace period (README "Graceful shutdown")."""
+        # On a thread of its own: the SDK's force_flush ignores its timeout and exports every
+        # batch, each with the exporter's retries (opentelemetry-python issue 4568).
+        flushing = threading.Thread(
+            target=self.provider.force_flush, name="gateway-trace-flush", daemon=True
+        )
+        flushing.start()
+        flushing.join(FLUSH_S)
+        if self._exporter is not None:
+            self._exporter.shutdown()  # an export retrying gives up, the next ones fail at once
         self.provider.shutdown()
 
 
