@@ -25,7 +25,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from gateway.http import create_app
 from gateway.settings import load_settings
-from gateway.tracing import Tracing
+from gateway.tracing import FLUSH_S, Tracing
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT_ID = "b7ad6b7169203331"
@@ -188,6 +188,26 @@ async def test_spans_reach_an_otlp_receiver(write_config: Callable[..., Path]) -
         assert names == {"model-gateway"}
     finally:
         await server.stop(None)
+
+
+async def test_a_collector_that_is_down_never_holds_the_shutdown(
+    write_config: Callable[..., Path],
+) -> None:
+    """With otel_endpoint on a closed port, 300 requests are served and the app stops within
+    seconds: what the collector cannot take is dropped after FLUSH_S, not retried for 10 s a
+    batch (which held SIGTERM's exit for 34 s)."""
+    app = create_app(
+        load_settings(write_config(otel_endpoint=f"http://127.0.0.1:{free_port()}"), env={}),
+        registry=CollectorRegistry(),
+    )
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            for _ in range(300):
+                answer = await client.post("/v2/models/iris/infer", json=iris_body())
+                assert answer.status_code == 200
+        stopping = asyncio.get_running_loop().time()
+    assert asyncio.get_running_loop().time() - stopping < FLUSH_S + 3.0
 
 
 async def test_tracing_is_off_without_an_endpoint(make_client: Callable[..., Any]) -> None:
