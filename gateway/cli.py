@@ -14,7 +14,7 @@ from typing import Any
 from gateway.admin_client import ADMIN_COMMANDS, run_admin_command
 from gateway.batch.command import add_batch_command
 from gateway.errors import ConfigError
-from gateway.grpc import GrpcBinding, check_grpc_installed
+from gateway.grpc import GrpcBinding, check_grpc_installed, check_grpc_port
 from gateway.metrics import METRICS_DIR_ENV
 from gateway.monitoring.reference_file import read_reference
 from gateway.runtime import ModelRepository, load_repository
@@ -66,6 +66,7 @@ def serve(args: argparse.Namespace) -> int:
         check_consumers_installed(settings, None)
         if settings.grpc_port is not None:
             check_grpc_installed()
+            check_grpc_port(args.host, settings.grpc_port)
         if settings.otel_endpoint is not None:
             check_tracing_installed()
         repository = preload(settings, args.workers)

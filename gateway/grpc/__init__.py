@@ -6,6 +6,7 @@ Importing this package needs no grpcio: `gateway.grpc.server` does (the `grpc` e
 """
 
 import importlib.util
+import socket
 from typing import NamedTuple
 
 from gateway.errors import ConfigError
@@ -32,3 +33,12 @@ def check_grpc_installed() -> None:
         raise ConfigError(
             "grpc_port: serving gRPC needs grpcio and protobuf; pip install 'model-gateway[grpc]'"
         )
+
+
+def check_grpc_port(host: str, port: int) -> None:
+    """ConfigError when another process listens on `host`:`port` already, found before the
+    server starts: in the lifespan the same failure is a traceback and uvicorn's exit code 3."""
+    try:
+        socket.create_server((host, port)).close()  # SO_REUSEADDR: a TIME_WAIT is no clash
+    except OSError as exc:
+        raise ConfigError(f"grpc_port: cannot listen on {host}:{port}: {exc.strerror}") from None

@@ -3,7 +3,10 @@ typed and raw inference equal to the HTTP answers, a canary split, status codes,
 
 import asyncio
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,6 +54,11 @@ class Served:
         self.channel = grpc.insecure_channel(self.target)
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
 
+    def close(self) -> None:
+        self.grpc.close()
+        self.http.close()
+        self.channel.close()
+
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
@@ -71,7 +79,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     process = GatewayProcess(tmp / "gateway.yaml", 1, env, tmp / "gateway.log")
     try:
         process.wait_ready()
-        yield Served(process, port, tmp / "data")
+        served = Served(process, port, tmp / "data")
+        yield served
+        served.close()
     finally:
         process.stop()
 
@@ -321,3 +331,16 @@ def test_workers_share_the_grpc_port(
             prefixes.add(dict(call.trailing_metadata())["x-request-id"].split("-")[0])
     assert len(prefixes) == 2
     assert gateway.process.poll() is None
+
+
+def test_a_grpc_port_in_use_stops_start_up_with_one_message(served: Served) -> None:
+    """A second gateway on the same grpc_port exits 2 with the gateway's one-line message,
+    before loading anything, as for every other start-up problem: no traceback."""
+    command = [sys.executable, "-m", "gateway", "serve", "--config",
+               str(served.data_dir.parent / "gateway.yaml"), "--port", str(free_port())]  # fmt: skip
+    port = served.target.rsplit(":", 1)[1]
+    env = {**os.environ, "GATEWAY_GRPC_PORT": port}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert f"gateway: grpc_port: cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
