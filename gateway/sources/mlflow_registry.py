@@ -88,7 +88,12 @@ class MlflowRegistry:
                     "models:/ paths need MLflow's client: pip install 'model-gateway[mlflow]' "
                     f"(mlflow-skinny); {exc}"
                 ) from None
-            self._client = MlflowClient(self.tracking_uri, registry_uri=self.tracking_uri)
+            from mlflow.exceptions import MlflowException
+
+            try:
+                self._client = MlflowClient(self.tracking_uri, registry_uri=self.tracking_uri)
+            except MlflowException as exc:  # a store MLflow refuses, e.g. file:// (maintenance)
+                raise ConfigError(f"mlflow_tracking_uri {self.tracking_uri!r}: {exc}") from None
         return self._client
 
     def _call(self, uri: ModelUri, call: Callable[[], T]) -> T:

@@ -213,3 +213,12 @@ def test_readme_registry_example_is_valid() -> None:
     variants = settings.models["iris"].variants
     assert variants["challenger"].on_alias_change == "rollout"
     assert variants["pinned"].path == "models:/iris/3"
+
+
+def test_a_tracking_store_mlflow_refuses_is_a_start_up_error(tmp_path: Path) -> None:
+    """A file:// tracking URI (a store MLflow 3 keeps in maintenance mode and refuses) stops
+    start-up with MLflow's reason, as a ConfigError naming the URI, not a traceback."""
+    store = f"file://{tmp_path / 'mlruns'}"
+    path = _config(tmp_path, {"blue": {"path": "models:/iris@champion"}}, mlflow_tracking_uri=store)
+    with pytest.raises(ConfigError, match=rf"mlflow_tracking_uri '{store}': .*file"):
+        load_repository(load_settings(path, env={}))
