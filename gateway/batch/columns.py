@@ -114,6 +114,8 @@ def _check_cast(column: str, kind: pa.DataType, spec: TensorSpec) -> None:
     """ConfigError unless values of Arrow type `kind` may become `spec`'s datatype."""
     target = spec.dtype
     numeric = pa.types.is_integer(kind) or pa.types.is_floating(kind)
+    if pa.types.is_null(kind) and target.kind == "f":
+        return  # no value at all (a CSV of only its header): every row missing, NaN
     if pa.types.is_boolean(kind):
         allowed = True  # a boolean is 0 or 1 in any numeric input
     elif target.kind == "b":

@@ -65,6 +65,14 @@ def test_selected_columns_and_nulls() -> None:
     assert np.isnan(got[1, 1]) and got[1, 0] == 8
 
 
+def test_a_column_with_no_value_at_all_is_missing_in_a_float_input() -> None:
+    """A column whose every value is empty (Arrow type null, as a CSV reader types it) feeds a
+    float input as NaN, as a null in a float column does."""
+    table = pa.table({"a": [1.0, 2.0], "b": pa.nulls(2), "c": [3.0, 4.0], "d": [5.0, 6.0]})
+    got = plan_inputs(table.schema, IRIS_INPUT).arrays(table)["input"]
+    assert np.isnan(got[:, 1]).all() and got[1, 3] == 6
+
+
 def test_a_column_per_input() -> None:
     """Every input named as a column: scalars for [batch] and [batch, 1], fixed-size lists for [batch, k]."""
     specs = (
