@@ -55,8 +55,10 @@ def parse_model_uri(uri: str) -> ModelUri:
 def _versioned(uri: str, name: str, suffix: str) -> ModelUri:
     if not _sane(name) or not suffix:
         raise ValueError(f"{uri!r}: expected models:/NAME/VERSION with a registered model's name")
-    if suffix.isascii() and suffix.isdigit():
+    if suffix.isascii() and suffix.isdigit() and int(suffix) > 0:
         return ModelUri(name, version=str(int(suffix)))
+    if suffix.lstrip("+-").isascii() and suffix.lstrip("+-").isdigit():
+        raise ValueError(f"{uri!r}: a version is a positive integer (MLflow counts from 1)")
     if suffix.lower() == "latest":
         raise ValueError(
             f"{uri!r}: 'latest' changes with every registration; point an alias at the version "
@@ -69,5 +71,6 @@ def _versioned(uri: str, name: str, suffix: str) -> ModelUri:
 
 
 def _sane(part: str) -> bool:
-    """A name or alias that is not empty and cannot climb out of the cache folder."""
-    return bool(part.strip()) and part not in (".", "..") and "\\" not in part
+    """A name or alias that is not empty, has no space at either end (a typo: the registry
+    would be asked for " iris") and cannot climb out of the cache folder."""
+    return bool(part) and part == part.strip() and part not in (".", "..") and "\\" not in part

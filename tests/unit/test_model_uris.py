@@ -52,6 +52,11 @@ def test_registry_uris_parse_as_mlflow_writes_them(uri: str, parsed: ModelUri) -
         ("models://iris/1", "not a registry URI"),
         ("models:/", "expected models:/NAME@ALIAS"),
         ("models:/iris/", "expected models:/NAME/VERSION"),
+        ("models:/iris/-1", "a version is a positive integer"),
+        ("models:/iris/0", "a version is a positive integer"),
+        ("models:/ iris@champion", "expected models:/NAME@ALIAS"),
+        ("models:/iris @champion", "expected models:/NAME@ALIAS"),
+        ("models:/iris /1", "registered model's name"),
     ],
 )
 def test_other_uris_are_refused_saying_what_to_write(uri: str, says: str) -> None:
