@@ -23,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
+CHART = ROOT / "helm" / "model-gateway"
 IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
 IRIS_LABELS = [0, 2, 1]
 # Every shadow record has these fields (the README's shadow log description); `inputs` too unless log_inputs is false.
@@ -446,3 +447,14 @@ class EarlyMlflow:
 
 
 EARLY_MLFLOW = EarlyMlflow()
+
+
+def chart_values() -> dict[str, Any]:
+    """The Helm chart's values.yaml, as its defaults."""
+    values: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
+    return values
+
+
+def chart_template(name: str) -> str:
+    """The text of one of the chart's templates (no helm binary here to render it)."""
+    return (CHART / "templates" / name).read_text(encoding="utf-8")

@@ -1,23 +1,10 @@
 """The Helm chart's shutdown values agree with the gateway's settings (README "Graceful shutdown")."""
 
 import json
-from typing import Any
 
-import yaml
-from support import ROOT
+from support import CHART, chart_template, chart_values
 
 from gateway.settings import Settings
-
-CHART = ROOT / "helm" / "model-gateway"
-
-
-def chart_values() -> dict[str, Any]:
-    values: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
-    return values
-
-
-def template(name: str) -> str:
-    return (CHART / "templates" / name).read_text(encoding="utf-8")
 
 
 def test_shutdown_defaults_are_the_gateways_own() -> None:
@@ -34,13 +21,13 @@ def test_shutdown_defaults_are_the_gateways_own() -> None:
 def test_templates_wire_the_shutdown_values() -> None:
     """The config file takes drain_s and shutdown_timeout_s from .Values.shutdown, and the pod's
     terminationGracePeriodSeconds is the helper that sums preStop, drain, timeout and margin."""
-    helpers = template("_helpers.tpl")
+    helpers = chart_template("_helpers.tpl")
     assert '"drain_s" (int .Values.shutdown.drainSeconds)' in helpers
     assert '"shutdown_timeout_s" (int .Values.shutdown.timeoutSeconds)' in helpers
     needed = helpers.split('define "model-gateway.neededGraceSeconds"')[1].split("{{- end }}")[0]
     for value in ("preStopSleepSeconds", "drainSeconds", "timeoutSeconds", "marginSeconds"):
         assert value in needed
-    deployment = template("deployment.yaml")
+    deployment = chart_template("deployment.yaml")
     wired = (
         'terminationGracePeriodSeconds: {{ include "model-gateway.terminationGracePeriodSeconds"'
     )

@@ -2,29 +2,16 @@
 (README "gRPC", "Tracing"), off by default."""
 
 import json
-from typing import Any
 
-import yaml
-from support import ROOT
+from support import CHART, chart_template, chart_values
 
 from gateway.settings import ENV_OVERRIDES, Settings
-
-CHART = ROOT / "helm" / "model-gateway"
-
-
-def values() -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
-    return loaded
-
-
-def template(name: str) -> str:
-    return (CHART / "templates" / name).read_text(encoding="utf-8")
 
 
 def test_grpc_and_tracing_are_off_by_default_as_in_the_gateway() -> None:
     """grpc.enabled false and otel.endpoint empty, as grpc_port and otel_endpoint default to
     None; the gRPC port differs from the HTTP one."""
-    chart = values()
+    chart = chart_values()
     assert chart["grpc"]["enabled"] is False and chart["otel"]["endpoint"] == ""
     assert Settings.model_fields["grpc_port"].default is None
     assert Settings.model_fields["otel_endpoint"].default is None
@@ -34,7 +21,7 @@ def test_grpc_and_tracing_are_off_by_default_as_in_the_gateway() -> None:
 def test_templates_pass_the_values_as_the_gateways_variables() -> None:
     """The Deployment sets GATEWAY_GRPC_PORT and GATEWAY_OTEL_ENDPOINT (variables the gateway
     reads) and a container port named grpc, which the Service targets; probes stay on HTTP."""
-    deployment, service = template("deployment.yaml"), template("service.yaml")
+    deployment, service = chart_template("deployment.yaml"), chart_template("service.yaml")
     assert ENV_OVERRIDES["GATEWAY_GRPC_PORT"] == "grpc_port"
     assert ENV_OVERRIDES["GATEWAY_OTEL_ENDPOINT"] == "otel_endpoint"
     assert "- name: GATEWAY_GRPC_PORT\n              value: {{ .Values.grpc.containerPort" in (
@@ -45,12 +32,16 @@ def test_templates_pass_the_values_as_the_gateways_variables() -> None:
         "- name: grpc\n              containerPort: {{ .Values.grpc.containerPort }}" in deployment
     )
     assert "targetPort: grpc" in service and "appProtocol: grpc" in service
-    assert all(probe["httpGet"]["port"] == "http" for probe in values()["probes"].values())
+    assert all(probe["httpGet"]["port"] == "http" for probe in chart_values()["probes"].values())
 
 
 def test_the_schema_closes_the_grpc_and_otel_values() -> None:
     """values.schema.json lists exactly the grpc and otel values (closed objects)."""
     schema = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
     grpc, otel = schema["properties"]["grpc"], schema["properties"]["otel"]
-    assert set(grpc["properties"]) == set(values()["grpc"]) and not grpc["additionalProperties"]
-    assert set(otel["properties"]) == set(values()["otel"]) and not otel["additionalProperties"]
+    assert (
+        set(grpc["properties"]) == set(chart_values()["grpc"]) and not grpc["additionalProperties"]
+    )
+    assert (
+        set(otel["properties"]) == set(chart_values()["otel"]) and not otel["additionalProperties"]
+    )
