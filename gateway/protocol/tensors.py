@@ -38,17 +38,31 @@ def dtype_of(datatype: object, name: str) -> np.dtype:
 
 
 _INT = {int}
+_NOT_A_SHAPE = "input {name!r}: shape must be a list of non-negative integers"
+SHORT_SHAPE = 4  # dimensions: a shape this short is checked one dimension at a time
 
 
 def check_shape(shape: object, dtype: np.dtype, name: str) -> tuple[int, ...]:
     """A shape as a tuple of non-negative ints whose tensor of `dtype` numpy could hold at all
     (BadRequest otherwise), checked before anything is allocated."""
-    # set(map(type, ...)) runs in C; type() is exact, so booleans (an int subclass) fail too.
-    if type(shape) is not list or (shape and (set(map(type, shape)) != _INT or min(shape) < 0)):
-        raise BadRequest(f"input {name!r}: shape must be a list of non-negative integers")
-    if len(shape) > MAX_DIMENSIONS:
-        raise BadRequest(f"input {name!r}: shape has {len(shape)} dimensions, at most 64 allowed")
-    if math.prod(filter(None, shape)) * dtype.itemsize > MAX_TENSOR_BYTES:
+    if type(shape) is not list:
+        raise BadRequest(_NOT_A_SHAPE.format(name=name))
+    if len(shape) <= SHORT_SHAPE:  # the usual; a loop is cheaper than the C calls' set-up below
+        size = dtype.itemsize
+        for dim in shape:
+            if type(dim) is not int or dim < 0:  # type() is exact, so booleans fail too
+                raise BadRequest(_NOT_A_SHAPE.format(name=name))
+            size *= dim or 1
+    else:
+        # set(map(type, ...)) runs in C; type() is exact, so booleans (an int subclass) fail too.
+        if set(map(type, shape)) != _INT or min(shape) < 0:
+            raise BadRequest(_NOT_A_SHAPE.format(name=name))
+        if len(shape) > MAX_DIMENSIONS:
+            raise BadRequest(
+                f"input {name!r}: shape has {len(shape)} dimensions, at most 64 allowed"
+            )
+        size = math.prod(filter(None, shape)) * dtype.itemsize
+    if size > MAX_TENSOR_BYTES:
         raise BadRequest(
             f"input {name!r}: shape {shape} describes a tensor larger than 2**63 bytes"
         )
@@ -73,11 +87,13 @@ def from_json(
         raise BadRequest(
             f"input {name!r}: data is ragged; every row must have the same length"
         ) from None
-    if parsed.dtype.kind == "f" and dtype.kind in "iu" and parsed.size:
+    kind = parsed.dtype.kind
+    if kind == "f" and dtype.kind in "iu" and parsed.size:
         parsed = _big_integers(data, dtype, name)  # numpy reads ints past int64 as floats
-    if parsed.dtype.kind not in _ACCEPTED_KINDS[_kind(dtype)] and parsed.size:
+        kind = parsed.dtype.kind
+    if kind not in _ACCEPTED_KINDS[dtype.kind] and parsed.size:
         raise BadRequest(_wrong_data(name, parsed, dtype))
-    if may_hold_booleans and parsed.dtype.kind in "iuf" and _holds_booleans(data):
+    if may_hold_booleans and kind in "iuf" and _holds_booleans(data):
         raise BadRequest(f"input {name!r}: data mixes booleans into {dtype.name} numbers")
     _check_range(parsed, dtype, name)
     array = parsed.astype(dtype, copy=False)
@@ -106,7 +122,9 @@ def dumps(document: Any) -> bytes:
     """`document` (dicts, lists, numbers, numpy arrays) as JSON, with non-finite floats as the
     literals NaN, Infinity and -Infinity, which orjson would write as null."""
     encoded = orjson.dumps(document, option=_NUMPY)
-    if b"null" not in encoded:  # a C-level search: non-finite values are rare
+    # A C-level search (non-finite values are rare). find, not `in`: bytes' `in` first tries its
+    # argument as an integer, raising and clearing a TypeError (docs/lone-request.md).
+    if encoded.find(b"null") < 0:
         return encoded
     return orjson.dumps(_literal_non_finite(document), option=_NUMPY)
 
@@ -140,10 +158,6 @@ def _holds_booleans(data: Any) -> bool:
     if isinstance(data, list):
         return any(map(_holds_booleans, data))
     return isinstance(data, bool)
-
-
-def _kind(dtype: np.dtype) -> str:
-    return "i" if dtype.kind == "u" else dtype.kind
 
 
 def _wrong_data(name: str, parsed: np.ndarray, dtype: np.dtype) -> str:

@@ -37,25 +37,27 @@ def parse_json(body: bytes) -> Any:
 
 def decode_request(body: bytes, header_length: str | None = None) -> InferRequest:
     """Decode an inference request body, with the binary extension when `header_length` is set."""
-    header, binary = _split(body, header_length)
+    header, binary = (body, b"") if header_length is None else _split(body, header_length)
     document = parse_json(header)
     if not isinstance(document, dict):
         raise BadRequest("request body must be a JSON object with an 'inputs' list")
     raw_inputs = document.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise BadRequest("request needs a non-empty 'inputs' list")
-    may_hold_booleans = b"true" in header or b"false" in header
+    # find, not `in`: bytes' `in` first raises and clears a TypeError (docs/lone-request.md)
+    may_hold_booleans = header.find(b"true") >= 0 or header.find(b"false") >= 0
     inputs, used = _decode_inputs(raw_inputs, binary, may_hold_booleans)
     if used != len(binary):
         raise BadRequest(f"{len(binary) - used} bytes of binary data follow the tensors declared")
     outputs = document.get("outputs")
     has_parameters = "parameters" in document
-    return InferRequest(
+    return InferRequest(  # by position: a keyword costs a NamedTuple a slower call
         _request_id(document.get("id")),
         inputs,
         None if outputs is None else _decode_outputs(outputs),
         has_parameters and bool(_flag(document, "binary_data_output", "the request")),
-        timeout_s=_timeout(document) if has_parameters else None,
+        False,  # columnar: v1 only
+        _timeout(document) if has_parameters else None,
     )
 
 
@@ -78,7 +80,7 @@ def encode_response(
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
-            entry["data"] = np.ascontiguousarray(array).reshape(-1)
+            entry["data"] = array.ravel()  # contiguous (orjson needs it), copied only if need be
         outputs.append(entry)
     document = {
         "model_name": result.model,
@@ -92,9 +94,7 @@ def encode_response(
     return b"".join([header, *chunks]), len(header)
 
 
-def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
-    if header_length is None:
-        return body, b""
+def _split(body: bytes, header_length: str) -> tuple[bytes, bytes]:
     length = int(header_length) if header_length.isdigit() else -1
     if not 0 <= length <= len(body):
         raise BadRequest(

@@ -3,8 +3,8 @@
 README: "Shipping new versions: canary, shadow, blue-green, rollback".
 """
 
-from gateway.routing.choose import Route, choose_variant, sample_shadows, sticky_fraction
-from gateway.routing.state import Canary, RoutingState, Shadow
+from gateway.routing.choose import choose_variant, sample_shadows, sticky_fraction
+from gateway.routing.state import Canary, Route, RoutingState, Shadow
 from gateway.routing.table import RoutingTable
 
 __all__ = [

@@ -2,21 +2,10 @@
 
 import hashlib
 import random
-from typing import NamedTuple
 
-from gateway.routing.state import RoutingState, Shadow
+from gateway.routing.state import Route, RoutingState, Shadow
 
 _SCALE = float(2**64)
-
-
-class Route(NamedTuple):
-    """The variant chosen for one request, its role and revision, and the shadows to mirror to
-    (all from the one RoutingState the request was routed with)."""
-
-    variant: str
-    role: str
-    revision: int
-    shadows: tuple[Shadow, ...] = ()
 
 
 def sticky_fraction(model: str, key: str) -> float:
@@ -35,14 +24,15 @@ def choose_variant(
     """Route one request: to the canary with probability `weight`, else to live."""
     canary = state.canary
     if canary is None or canary.weight <= 0.0:
-        return Route(state.live, "live", state.revision, state.shadows)
+        return state.live_route
     if sticky_key is not None:
         point = sticky_fraction(model, sticky_key)
     else:
         point = random.random() if draw is None else draw
-    if point < canary.weight:
-        return Route(canary.variant, "canary", state.revision, state.shadows)
-    return Route(state.live, "live", state.revision, state.shadows)
+    route = state.canary_route
+    if point < canary.weight and route is not None:  # not None: the state has a canary
+        return route
+    return state.live_route
 
 
 def sample_shadows(shadows: tuple[Shadow, ...]) -> list[Shadow]:

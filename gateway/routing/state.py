@@ -1,7 +1,7 @@
 """The routing snapshot of one model: frozen, swapped whole, never changed in place."""
 
-from dataclasses import dataclass, replace
-from typing import Any, Self
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple, Self
 
 from gateway.settings import RoutingConfig
 
@@ -22,6 +22,16 @@ class Shadow:
     sample: float
 
 
+class Route(NamedTuple):
+    """The variant chosen for one request, its role and revision, and the shadows to mirror to
+    (all from the one RoutingState the request was routed with)."""
+
+    variant: str
+    role: str
+    revision: int
+    shadows: tuple[Shadow, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class RoutingState:
     """Where one model's requests go at one revision (README: "Shipping new versions")."""
@@ -31,6 +41,17 @@ class RoutingState:
     sticky_header: str | None = None
     shadows: tuple[Shadow, ...] = ()
     revision: int = 1
+    # The routes `choose_variant` answers, made with the state rather than for every request
+    # (docs/lone-request.md); derived, so neither compared nor shown.
+    live_route: Route = field(init=False, compare=False, repr=False)
+    canary_route: Route | None = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        revision, shadows, canary = self.revision, self.shadows, self.canary
+        live = Route(self.live, "live", revision, shadows)
+        to_canary = None if canary is None else Route(canary.variant, "canary", revision, shadows)
+        object.__setattr__(self, "live_route", live)  # frozen: set once, here
+        object.__setattr__(self, "canary_route", to_canary)
 
     @classmethod
     def from_config(cls, config: RoutingConfig) -> Self:

@@ -41,7 +41,11 @@ class Runner:
         self, session: ModelSession, inputs: Outputs, output_names: list[str], rows: int
     ) -> tuple[Outputs, float]:
         """The outputs and the run's own duration, run on the calling (event-loop) thread."""
-        return _timed_run(session, inputs, output_names, None, rows)
+        started = time.perf_counter()  # as _timed_run, one call fewer on the event loop
+        outputs = run_checked(session, inputs, output_names)
+        seconds = time.perf_counter() - started
+        session.record_run(seconds, rows)
+        return outputs, seconds
 
     async def run_threaded(
         self,

@@ -121,9 +121,10 @@ class ModelSession:
                     f"input {name!r} has datatype {DATATYPE_OF.get(array.dtype, array.dtype)}, "
                     f"the model expects {self.input_specs[name].datatype}"
                 )
-            if len(array.shape) != len(mask) or tuple(map(mul, array.shape, mask)) != masked:
+            shape = array.shape  # a new tuple at every read
+            if len(shape) != len(mask) or tuple(map(mul, shape, mask)) != masked:
                 raise BadRequest(
-                    f"input {name!r} has shape {list(array.shape)}, the model expects "
+                    f"input {name!r} has shape {list(shape)}, the model expects "
                     f"{list(self.input_specs[name].shape)} (-1: any size)"
                 )
 
