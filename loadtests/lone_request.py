@@ -56,7 +56,6 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
-import yaml
 
 HERE = Path(__file__).resolve().parent
 MLP = HERE.parent / "models" / "mlp" / "1" / "model.onnx"
@@ -199,6 +198,9 @@ def gateway_case(directory: Path, stock: bool) -> Served:
     from gateway.http.protocol import GatewayHttpProtocol
     from gateway.settings import load_settings
 
+    sys.path.insert(0, str(HERE / "bench"))
+    from instructions import gateway_config  # the same case: mlp live + a 5% canary of it
+
     settings = load_settings(gateway_config(directory), env={})
     protocol = functools.partial(
         GatewayHttpProtocol,
@@ -211,23 +213,6 @@ def gateway_case(directory: Path, stock: bool) -> Served:
         proxy_headers=False,
         http="httptools" if stock else protocol,
     )
-
-
-def gateway_config(directory: Path) -> Path:
-    config = {
-        "model_repository": "/",
-        "data_dir": str(directory / "data"),
-        "inline_run_below_s": 1.0,  # natively mlp runs inline; under valgrind it is slower
-        "models": {
-            "mlp": {
-                "variants": {"v1": {"path": str(MLP)}, "v2": {"path": str(MLP)}},
-                "routing": {"live": "v1", "canary": {"variant": "v2", "weight": 0.05}},
-            }
-        },
-    }
-    path = directory / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 JSON = [(b"content-type", b"application/json")]
