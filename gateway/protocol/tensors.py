@@ -115,6 +115,8 @@ def from_bytes(raw: bytes, dtype: np.dtype, shape: tuple[int, ...], name: str) -
             f"input {name!r}: binary data has {len(raw)} bytes, shape {list(shape)} of "
             f"{dtype.name} needs {expected}"
         )
+    if dtype.kind == "b" and raw and np.frombuffer(raw, np.uint8).max() > 1:  # 1 byte: 0 or 1
+        raise BadRequest(f"input {name!r}: BOOL binary data holds bytes other than 0 and 1")
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 

@@ -193,6 +193,19 @@ def test_bad_binary_requests_are_refused(
         v2.decode_request(header + tensor + extra, length or str(len(header)))
 
 
+def test_binary_bools_are_bytes_0_or_1() -> None:
+    """A BOOL in binary data is one byte, 0 or 1: other bytes are refused, as the JSON literals
+    true and false admit nothing else (a byte of 2 reached the model and came back as 2)."""
+    header = orjson.dumps(
+        {"inputs": [{"name": "b", "datatype": "BOOL", "shape": [3],
+                     "parameters": {"binary_data_size": 3}}]}
+    )  # fmt: skip
+    decoded = v2.decode_request(header + b"\x01\x00\x01", str(len(header)))
+    assert decoded.inputs["b"].tolist() == [True, False, True]
+    with pytest.raises(BadRequest, match="BOOL binary data holds bytes other than 0 and 1"):
+        v2.decode_request(header + b"\x02\x00\xff", str(len(header)))
+
+
 def _result(**outputs: np.ndarray) -> InferResult:
     specs = {name: TensorSpec(name, DATATYPE_OF[a.dtype], a.shape) for name, a in outputs.items()}
     return InferResult("iris", "blue", "live", 3, outputs, specs)
