@@ -70,12 +70,13 @@ class _Waiting:
     """One request in a queue, and the future its caller awaits."""
 
     key: Hashable
-    inputs: Outputs
+    inputs: Outputs = field(repr=False)
     rows: int
     names: list[str]
     deadline: float  # time.perf_counter() seconds
     arrived: float
     future: asyncio.Future[tuple[Outputs, float]] = field(repr=False)
+    queued: bool = True  # False once a batch has taken it
 
 
 class VariantQueue:
@@ -155,13 +156,13 @@ class VariantQueue:
 
     def _expired(self, waiting: _Waiting) -> InferenceTimeout:
         model, variant = self.session.model, self.session.variant
-        try:
-            self._waiting.remove(waiting)
-        except ValueError:  # already running: the run itself was too slow
+        if not waiting.queued:  # already running: the run itself was too slow
             return InferenceTimeout(
                 f"inference of model {model!r} variant {variant!r} did not end within the "
                 "request's deadline"
             )
+        # (Not deque.remove's ValueError: its message holds the repr of what it did not find.)
+        self._waiting.remove(waiting)
         self._queued_rows -= waiting.rows
         self._observer.rejected(model, variant, "deadline")
         return InferenceTimeout(
@@ -246,6 +247,8 @@ class VariantQueue:
         return rows < min(cap, max(self._peaks) - self._running_rows)
 
     def _start(self, batch: list[_Waiting], rows: int) -> None:
+        for each in batch:
+            each.queued = False
         waiting = self._waiting
         if all(waiting[i] is batch[i] for i in range(len(batch))):  # the usual case: the oldest
             for _ in batch:
