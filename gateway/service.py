@@ -12,7 +12,7 @@ import numpy as np
 from gateway.errors import BadRequest, ModelRefused, NotFound, Unavailable
 from gateway.metrics import Metrics
 from gateway.routing import Route, RoutingTable, choose_variant, sample_shadows
-from gateway.runtime import ModelRepository, ModelSession, Scheduler, batch_rows
+from gateway.runtime import Held, ModelRepository, ModelSession, Scheduler, batch_rows
 from gateway.shadow import Observe, ShadowJob, ShadowLog
 from gateway.types import InferRequest, InferResult
 
@@ -76,10 +76,11 @@ class InferenceService:
     def session(self, model: str, variant: str) -> ModelSession:
         return self.repository.session(model, variant)
 
-    def admit(self, session: ModelSession, started: float) -> None:
+    def admit(self, session: ModelSession, started: float, hold: bool = False) -> Held | None:
         """Refuse at once a request the variant's queue cannot take (429, or 504 when it could
-        not be answered before its deadline), before its body is read and decoded."""
-        self.scheduler.admit(session, started + self.timeout)
+        not be answered before its deadline), before its body is read and decoded. `hold`: keep
+        its place while the body is read (`Scheduler.admit`)."""
+        return self.scheduler.admit(session, started + self.timeout, hold)
 
     async def infer(
         self,

@@ -12,7 +12,9 @@ from starlette.routing import Route
 
 from gateway.grpc import DEFAULT_HOST, GrpcBinding
 from gateway.http import admin, endpoints, monitoring, rollout
+from gateway.http.accept import Acceptor
 from gateway.http.body import Receive
+from gateway.http.door import Door
 from gateway.http.drain import Drain
 from gateway.http.inference import InferenceEndpoint, Scope, Send
 from gateway.http.responses import EXCEPTION_HANDLERS
@@ -55,14 +57,21 @@ class GatewayApp(Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
-            for path_regex, endpoint in self._shortcuts:
-                match = path_regex.match(scope["path"])
-                if match is not None:
-                    scope["app"] = self
-                    scope["path_params"] = match.groupdict()
-                    await endpoint(scope, receive, send)
-                    return
+            found = self.inference_endpoint(scope["path"])
+            if found is not None:
+                scope["app"] = self
+                scope["path_params"] = found[1]
+                await found[0](scope, receive, send)
+                return
         await super().__call__(scope, receive, send)
+
+    def inference_endpoint(self, path: str) -> tuple[InferenceEndpoint, dict[str, str]] | None:
+        """The inference endpoint a POST to `path` goes to, and its path parameters."""
+        for path_regex, endpoint in self._shortcuts:
+            match = path_regex.match(path)
+            if match is not None:
+                return endpoint, match.groupdict()
+        return None
 
 
 def create_app(
@@ -95,8 +104,13 @@ def create_app(
             app.service = await gateway.start()
             try:
                 binding = grpc_binding or GrpcBinding()
+                acceptor = Acceptor()
                 async with _grpc_face(app, gateway, binding, consumers is None):
-                    yield {"drain": app.drain}  # lifespan state: uvicorn hands it to our protocol
+                    # Lifespan state: uvicorn hands it to our protocol.
+                    try:
+                        yield {"drain": app.drain, "door": Door(app), "acceptor": acceptor}
+                    finally:
+                        acceptor.close()
             finally:
                 await gateway.stop()
                 if app.tracing is not None:  # export what is buffered, off the event loop

@@ -52,6 +52,11 @@ class Drain:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
 
+    @property
+    def server(self) -> uvicorn.Server | None:
+        """The uvicorn Server serving the app, once SIGTERM is taken over from it."""
+        return self._server
+
     def take_over_sigterm(self) -> bool:
         """Handle SIGTERM here instead of in uvicorn's Server, from the running event loop.
 

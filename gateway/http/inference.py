@@ -11,7 +11,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
@@ -24,7 +24,7 @@ from gateway.protocol import v1, v2
 from gateway.request_ids import header_safe as _header_safe
 from gateway.request_ids import new_request_id
 from gateway.routing import Route
-from gateway.runtime import ModelSession
+from gateway.runtime import Held, ModelSession
 from gateway.service import InferenceService
 from gateway.types import InferRequest, InferResult
 
@@ -38,6 +38,19 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Encoded = tuple[bytes, int | None]
 RawHeaders = list[tuple[bytes, bytes]]
 JSON: RawHeaders = [(b"content-type", b"application/json")]
+# The key of an `Admitted` in the ASGI scope (an extension key of the gateway's own).
+ADMITTED = "gateway.admitted"
+
+
+class Admitted(NamedTuple):
+    """A request admitted when its head arrived (gateway.http.door): where it goes, when the
+    head arrived (`time.perf_counter()` seconds: its deadline counts from then) and the place
+    held for it in its variant's queue."""
+
+    route: Route
+    session: ModelSession
+    started: float
+    held: Held | None
 
 
 class InferenceEndpoint:
@@ -52,7 +65,8 @@ class InferenceEndpoint:
         self._encode = encode
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
+        admitted: Admitted | None = scope.get(ADMITTED)
+        started = time.perf_counter() if admitted is None else admitted.started
         app = scope["app"]
         headers: Headers = dict(scope["headers"])  # ASGI gives names in lower case
         header_id = headers.get(b"x-request-id")
@@ -64,15 +78,22 @@ class InferenceEndpoint:
         trace = None if tracing is None else _begin_trace(tracing, scope, headers, started)
         try:
             service = service_of(app)
-            route = choose_route(service, model, scope["path_params"].get("variant"), headers)
-            session = service.session(model, route.variant)
-            service.admit(session, started)
-            body = await read_body(receive, headers, app.settings.max_body_bytes)
-            if trace is not None:
-                trace.mark()
-            decoded = self._decode(body, headers, session)
-            if trace is not None:
-                trace.step("decode")
+            if admitted is None:
+                route = choose_route(service, model, scope["path_params"].get("variant"), headers)
+                session = service.session(model, route.variant)
+                held = service.admit(session, started, hold=True)
+            else:
+                route, session, _, held = admitted
+            try:
+                body = await read_body(receive, headers, app.settings.max_body_bytes)
+                if trace is not None:
+                    trace.mark()
+                decoded = self._decode(body, headers, session)
+                if trace is not None:
+                    trace.step("decode")
+            finally:  # from here to the queue, nothing waits: the place is taken or given up
+                if held is not None:
+                    held.release()
             request_id = request_id or _header_safe(decoded.id) or new_request_id()
             payload, content = await self._answer(
                 service, session, route, decoded, request_id, started, trace
@@ -80,7 +101,7 @@ class InferenceEndpoint:
             status = 200
         except GatewayError as exc:
             status, payload, content = exc.status_code, _error(exc.message), JSON
-            extra = [(name.encode(), value.encode()) for name, value in exc.headers]
+            extra = _error_headers(exc)
             request_id = request_id or new_request_id()
         except Exception:
             log.exception("unexpected error on POST %s", scope["path"])
@@ -160,6 +181,19 @@ def _compressed(payload: bytes, content: RawHeaders, accept: bytes) -> tuple[byt
 
 def _error(message: str) -> bytes:
     return orjson.dumps({"error": message})
+
+
+def _error_headers(exc: GatewayError) -> RawHeaders:
+    return [(name.encode(), value.encode()) for name, value in exc.headers]
+
+
+def error_answer(exc: GatewayError, route: Route, request_id: str) -> tuple[int, bytes, RawHeaders]:
+    """Status, body and headers (Content-Length too) of the answer the endpoint gives to `exc`
+    raised for a request on `route`."""
+    payload = _error(exc.message)
+    headers = [*JSON, *_error_headers(exc), *_route_headers(route, request_id)]
+    headers.append((b"content-length", str(len(payload)).encode()))
+    return exc.status_code, payload, headers
 
 
 def service_of(app: Any) -> InferenceService:

@@ -16,7 +16,11 @@ line and headers) is counted as it arrives and fed to the parser only up to
 complete head with a header line (name and value) over `max_header_line_bytes` answers 431 too.
 While the gateway drains before a shutdown (gateway.http.drain), every answer carries
 `Connection: close` and its connection closes after it, so kept-alive clients reconnect through
-their load balancer to another replica. Everything else is uvicorn's own protocol.
+their load balancer to another replica. Its first connection installs the gateway's own
+accepting (gateway.http.accept), which keeps up with new connections however busy the server
+is. Under overload, inference requests are admitted or
+refused when their head arrives (gateway.http.door), a refusal written at once without an ASGI
+task. Everything else is uvicorn's own protocol.
 """
 
 import asyncio
@@ -26,10 +30,14 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from gateway.http.inference import ADMITTED, Admitted
+
 # Bigger writes are never held (joining would copy them): they go out at once, after what waits.
 JOIN_BELOW_BYTES = 64 * 1024
 
 if TYPE_CHECKING:
+    from gateway.http.accept import Acceptor
+    from gateway.http.door import Door
     from gateway.http.drain import Drain
 
 
@@ -112,12 +120,18 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         # What the unfinished request head may still take; None while a body is read.
         self._head_room: int | None = max_request_head_bytes
         self._head_counted = True  # was the head counted from its first byte on?
-        # The app's lifespan state holds the drain (ASGI lifespan "state"; uvicorn passes it).
+        # The app's lifespan state holds the drain and the door (ASGI lifespan "state"; uvicorn
+        # passes it).
         self._drain: Drain | None = self.app_state.get("drain")
+        self._door: Door | None = self.app_state.get("door")
+        self._acceptor: Acceptor | None = self.app_state.get("acceptor")
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         wrapped = BatchingTransport(transport, self.loop, self._others_in_flight)
         super().connection_made(wrapped)  # type: ignore[arg-type]
+        acceptor = self._acceptor
+        if acceptor is not None and not acceptor.installed:  # the server listens: take over
+            acceptor.install(None if self._drain is None else self._drain.server)
 
     def _others_in_flight(self) -> bool:
         return len(self.tasks) > 1  # the server's requests in progress, this one included
@@ -157,6 +171,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             # Answered through uvicorn's cycle, as it answers over `limit_concurrency`.
             message = f"request header line is longer than max_header_line_bytes ({limit} bytes)"
             self.app = _refusal(message)
+        elif self._door is not None and self._door.open and self._refused_at_door(self._door):
+            return
         super().on_headers_complete()
         if self._drain is not None and self._drain.draining:
             self.close_after_response()
@@ -170,6 +186,34 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._head_room = self.max_request_head_bytes  # the next request's head
         super().on_message_complete()
+
+    def _refused_at_door(self, door: "Door") -> bool:
+        """Ask the door about the request whose head just ended; write its refusal, if it is
+        refused, and say so. An admitted request carries its admission to the endpoint."""
+        cycle = self.cycle
+        if (
+            (cycle is not None and not cycle.response_complete)  # pipelined: answers keep order
+            or self.expect_100_continue  # its client may never send the body we would skip
+            or not self.parser.should_keep_alive()
+            or (self._drain is not None and self._drain.draining)
+        ):
+            return False
+        path = self.url.split(b"?", 1)[0]
+        verdict = door.admit(self.parser.get_method(), path, self.headers)
+        if verdict is None:
+            return False
+        if isinstance(verdict, Admitted):
+            self.scope[ADMITTED] = verdict  # type: ignore[literal-required]
+            return False
+        content = [STATUS_LINE[verdict.status]]
+        for name, value in self.server_state.default_headers:
+            content += [name, b": ", value, b"\r\n"]
+        content += [b"x-request-id: ", verdict.request_id, b"\r\n", verdict.rest]
+        self.transport.write(b"".join(content))
+        # The body still to come is dropped (uvicorn skips it once a response is complete).
+        self.cycle = _ANSWERED_AT_DOOR  # type: ignore[assignment]
+        self.on_response_complete()
+        return True
 
     def _long_header_line(self) -> bool:
         limit = self.max_header_line_bytes
@@ -185,6 +229,17 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.transport.write(b"".join(content))
         self.transport.close()
 
+
+class _AnsweredAtDoor:
+    """In place of uvicorn's request cycle, for a request the door answered: its response is
+    complete, so uvicorn drops its body and starts the next request as usual."""
+
+    response_complete = True
+    keep_alive = True
+    message_event = asyncio.Event()  # connection_lost sets it: nobody waits on it
+
+
+_ANSWERED_AT_DOOR = _AnsweredAtDoor()
 
 Message = MutableMapping[str, Any]
 ASGIApp = Callable[

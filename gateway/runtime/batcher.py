@@ -7,8 +7,15 @@ wait for nothing:
 
 - 429 (`QueueFull`, with Retry-After) when `max_queue_size` requests already wait (Triton's
   `default_queue_policy.max_queue_size`; Ray Serve's `max_queued_requests` answers the same way);
-- 504 (`InferenceTimeout`) when the work ahead of it, at the variant's measured cost per row,
-  would not end before its deadline; and at its deadline, if it is still waiting then.
+- 504 (`InferenceTimeout`) when the work ahead of it would not end before its deadline; and at
+  its deadline, if it is still waiting then.
+
+The work ahead counts every request admitted and not yet answered: queued, running, and admitted
+while its body is still being read (a place `Held` for it, so that a burst of heads cannot all be
+admitted to the same free places). A request is refused with 504 when more requests are
+outstanding than the variant's `ConcurrencyLimit` allows (it shrinks when answers come late),
+or when the runs the work ahead and its own rows need (full batches, at best) would not end
+before its deadline at the variant's `RunCost` (gateway.runtime.admission).
 
 With `max_batch_size` > 0 (Triton's dynamic batcher), a free slot takes the oldest request and
 every later one with the same inputs (names, datatypes and every dimension but the first) and the
@@ -35,11 +42,12 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 from gateway.errors import InferenceTimeout, ModelRefused, QueueFull
+from gateway.runtime.admission import ConcurrencyLimit, RunCost
 from gateway.runtime.runner import Outputs, Runner
 from gateway.runtime.session import ModelSession
 
-ROW_COST_SMOOTHING = 0.2  # weight of the newest batch in the running cost per row
 DEMAND_WINDOW_S = 1.0  # the most rows outstanding at once is remembered for one to two windows
+SETTLE_AT_ONCE = 8  # a batch's callers answered in one event-loop iteration at most
 
 
 class QueuePolicy(NamedTuple):
@@ -98,13 +106,25 @@ class VariantQueue:
         self._queued_rows = 0
         self._running = 0  # batches on threads now
         self._running_rows = 0
+        self._running_requests = 0
         # The most rows outstanding (queued or running) at once, in this window and the last:
         # how many concurrent callers are about.
         self._peaks = (0, 0)
         self._window_ends = 0.0
-        self._row_seconds = session.seconds_per_row  # measured cost of a row, batched as served
+        self._cost = RunCost(session.seconds_per_row)  # of a run, batched as served
+        self._held = 0  # places held for admitted requests whose body is being read
+        self._limit = ConcurrencyLimit()
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # The refusals' messages, the same every time: an answer under overload costs less
+        # (gateway.http.door keeps each answer's bytes).
+        name = f"model {session.model!r} variant {session.variant!r}"
+        self._messages = (
+            f"{name}: {policy.max_queue_size} requests are already waiting (max_queue_size); "
+            "retry later",
+            f"{name}: the requests ahead of this one would not be answered before its deadline "
+            "(the request timeout); retry later",
+        )
 
     async def run(
         self, inputs: Outputs, names: list[str], rows: int, deadline: float
@@ -132,27 +152,38 @@ class VariantQueue:
     def admit(self, rows: int, now: float, deadline: float) -> None:
         """Raise QueueFull or InferenceTimeout (and count it) if a request of `rows` rows
         arriving `now` cannot be queued; called again before the request's body is decoded."""
-        model, variant = self.session.model, self.session.variant
         limit = self.policy.max_queue_size
-        if limit and len(self._waiting) >= limit:
-            self._observer.rejected(model, variant, "queue_full")
-            raise QueueFull(
-                f"model {model!r} variant {variant!r}: {limit} requests are already waiting "
-                "(max_queue_size); retry later",
-                retry_after_s=max(1, math.ceil(self._backlog_seconds())),
-            )
-        backlog, own = self._backlog_seconds(), rows * self._row_seconds
-        if now + backlog + own > deadline:
-            self._observer.rejected(model, variant, "deadline")
-            raise InferenceTimeout(
-                f"model {model!r} variant {variant!r}: the requests ahead of this one would take "
-                f"{backlog:.3f} s and its own run about {own:.3f} s, more than the "
-                f"{max(deadline - now, 0):.3f} s left before its deadline (the request timeout)"
-            )
+        # Held places count as waiting, but for those a free slot will take at once.
+        free = self._slots - self._running
+        if limit and len(self._waiting) + max(self._held - free, 0) >= limit:
+            self._observer.rejected(self.session.model, self.session.variant, "queue_full")
+            retry_after_s = max(1, math.ceil(self._backlog_seconds()))
+            raise QueueFull(self._messages[0], retry_after_s)
+        if self._outstanding() >= self._limit.limit or now + self._backlog_seconds(rows) > deadline:
+            self._observer.rejected(self.session.model, self.session.variant, "deadline")
+            raise InferenceTimeout(self._messages[1])
 
-    def _backlog_seconds(self) -> float:
-        """How long the work queued and running would take the slots, at the measured cost."""
-        return (self._queued_rows + self._running_rows) * self._row_seconds / self._slots
+    def _outstanding(self) -> int:
+        return len(self._waiting) + self._running_requests + self._held
+
+    def _backlog_seconds(self, rows: int = 0) -> float:
+        """How long until the work admitted and not yet answered, and a request of `rows` more
+        rows, would be done (the module says how)."""
+        total = self._queued_rows + self._running_rows + self._held + rows
+        if self.policy.batching:
+            runs = -(-total // self.policy.max_batch_size)  # full batches, at best
+        else:
+            runs = len(self._waiting) + self._running + self._held + (rows > 0)
+        return self._cost.seconds(runs, total) / self._slots
+
+    def hold(self) -> "Held":
+        """Hold a place for a request just admitted, until its inputs are queued (`run`) or it
+        fails before: the caller releases it either way, right before `run`."""
+        self._held += 1
+        return Held(self)
+
+    def _release(self) -> None:
+        self._held -= 1
 
     def _expired(self, waiting: _Waiting) -> InferenceTimeout:
         model, variant = self.session.model, self.session.variant
@@ -164,6 +195,8 @@ class VariantQueue:
         # (Not deque.remove's ValueError: its message holds the repr of what it did not find.)
         self._waiting.remove(waiting)
         self._queued_rows -= waiting.rows
+        now = time.perf_counter()
+        self._limit.answered(waiting.arrived, waiting.deadline, now, self._outstanding())
         self._observer.rejected(model, variant, "deadline")
         return InferenceTimeout(
             f"model {model!r} variant {variant!r}: the request waited in the queue until its "
@@ -259,6 +292,7 @@ class VariantQueue:
         self._queued_rows -= rows
         self._running += 1
         self._running_rows += rows
+        self._running_requests += len(batch)
         task = asyncio.get_running_loop().create_task(self._run_batch(batch, rows))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -269,17 +303,24 @@ class VariantQueue:
         for waiting in batch:
             self._observer.observe_queue(model, variant, now - waiting.arrived)
         self._observer.observe_batch(model, variant, rows)
+        slot = _Slot(self, rows, len(batch))
         try:
             if len(batch) == 1:
                 await self._run_alone(batch[0])
             else:
-                await self._run_together(batch, rows, max(w.deadline for w in batch) - now)
+                await self._run_together(batch, rows, max(w.deadline for w in batch) - now, slot)
         finally:
-            self._running -= 1
-            self._running_rows -= rows
-            self._dispatch()
+            slot.free()
 
-    async def _run_together(self, batch: list[_Waiting], rows: int, timeout: float) -> None:
+    def _free_slot(self, rows: int, requests: int) -> None:
+        self._running -= 1
+        self._running_rows -= rows
+        self._running_requests -= requests
+        self._dispatch()
+
+    async def _run_together(
+        self, batch: list[_Waiting], rows: int, timeout: float, slot: "_Slot"
+    ) -> None:
         names = batch[0].names
         joined = {
             name: np.concatenate([waiting.inputs[name] for waiting in batch])
@@ -301,11 +342,17 @@ class VariantQueue:
         if any(array.ndim == 0 or array.shape[0] != rows for array in outputs.values()):
             await self._each_alone(batch)  # an output without the batch dimension: no split
             return
-        self._learn(seconds, rows)
+        self._cost.learn(rows, seconds)
+        slot.free()  # the next batch runs while this one's callers are answered
         start = 0
-        for waiting in batch:
+        for index, waiting in enumerate(batch):
+            if index and not index % SETTLE_AT_ONCE:
+                # Callers answered in groups: the event loop reads and answers other requests
+                # (and health probes) between groups, rather than after a whole batch's encoding.
+                await asyncio.sleep(0)
             end = start + waiting.rows
             _settle(waiting, ({name: array[start:end] for name, array in outputs.items()}, seconds))
+            self._answered(waiting)
             start = end
 
     async def _each_alone(self, batch: list[_Waiting]) -> None:
@@ -323,12 +370,43 @@ class VariantQueue:
         except Exception as exc:
             _settle(waiting, exc)
             return
-        self._learn(result[1], waiting.rows)
+        self._cost.learn(waiting.rows, result[1])
         _settle(waiting, result)
+        self._answered(waiting)
 
-    def _learn(self, seconds: float, rows: int) -> None:
-        per_row = seconds / max(rows, 1)
-        self._row_seconds += ROW_COST_SMOOTHING * (per_row - self._row_seconds)
+    def _answered(self, waiting: _Waiting) -> None:
+        now = time.perf_counter()
+        self._limit.answered(waiting.arrived, waiting.deadline, now, self._outstanding())
+
+
+class _Slot:
+    """A runner slot taken by one batch; `free` gives it back, once."""
+
+    __slots__ = ("_queue", "_requests", "_rows")
+
+    def __init__(self, queue: VariantQueue, rows: int, requests: int) -> None:
+        self._queue: VariantQueue | None = queue
+        self._rows = rows
+        self._requests = requests
+
+    def free(self) -> None:
+        if self._queue is not None:
+            self._queue._free_slot(self._rows, self._requests)
+            self._queue = None
+
+
+class Held:
+    """A place held in a variant's queue (`VariantQueue.hold`); `release` is idempotent."""
+
+    __slots__ = ("_queue",)
+
+    def __init__(self, queue: VariantQueue) -> None:
+        self._queue: VariantQueue | None = queue
+
+    def release(self) -> None:
+        if self._queue is not None:
+            self._queue._release()
+            self._queue = None
 
 
 def _settle(waiting: _Waiting, outcome: tuple[Outputs, float] | BaseException) -> None:
@@ -374,12 +452,16 @@ class Scheduler:
             if session in sessions and queue.policy == self.policy(session.model, session.variant)
         }
 
-    def admit(self, session: ModelSession, deadline: float) -> None:
+    def admit(self, session: ModelSession, deadline: float, hold: bool = False) -> Held | None:
         """Refuse a request at once (`VariantQueue.admit`) if its variant's queue cannot take it,
-        before its body is decoded: under overload a refusal must cost less than a request."""
-        queue = self._queues.get(session)
-        if queue is not None:
-            queue.admit(1, time.perf_counter(), deadline)
+        before its body is decoded: under overload a refusal must cost less than a request.
+        With `hold`, an admitted request holds its place (`VariantQueue.hold`) while its body is
+        read: the caller releases it right before `run`."""
+        queue = self._queue(session, 1)
+        if queue is None:
+            return None
+        queue.admit(1, time.perf_counter(), deadline)
+        return queue.hold() if hold else None
 
     async def run(
         self,
@@ -391,14 +473,22 @@ class Scheduler:
     ) -> tuple[Outputs, float]:
         """The outputs and the model run's duration; errors as `VariantQueue.run` says.
         `deadline`: `time.perf_counter()` seconds."""
-        queue = self._queues.get(session)
-        policy = self.policy(session.model, session.variant) if queue is None else queue.policy
-        if not policy.batching and self.runner.inline(session, rows):
+        queue = self._queue(session, rows)
+        if queue is None:
             return self.runner.run_inline(session, inputs, names, rows)
+        return await queue.run(inputs, names, rows, deadline)
+
+    def _queue(self, session: ModelSession, rows: int) -> VariantQueue | None:
+        """The variant's queue (made on first use), or None when a run of `rows` rows is made
+        inline, on the event loop, with no queue."""
+        policy = self.policy(session.model, session.variant)
+        if not policy.batching and self.runner.inline(session, rows):
+            return None
+        queue = self._queues.get(session)
         if queue is None:
             queue = VariantQueue(session, policy, self.runner, self._observer)
             self._queues[session] = queue
-        return await queue.run(inputs, names, rows, deadline)
+        return queue
 
 
 _NO_BATCHING = QueuePolicy()

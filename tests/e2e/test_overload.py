@@ -1,6 +1,8 @@
 """Admission control against a real `gateway serve` under overload, with real clients."""
 
 import asyncio
+import json
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -112,3 +114,87 @@ def test_batched_callers_each_get_their_own_answer(gateway: GatewayProcess) -> N
     }
     assert batches["gateway_batch_size_sum"] == sum(len(x) for x in inputs)
     assert batches["gateway_batch_size_count"] <= len(inputs) // 2
+
+
+def _answers(sock: socket.socket, count: int) -> list[tuple[int, dict[str, str], bytes]]:
+    """Read `count` HTTP/1.1 answers (status, headers, body; each with a Content-Length)."""
+    buffered, answers = b"", []
+    while len(answers) < count:
+        head_end = buffered.find(b"\r\n\r\n")
+        if head_end >= 0:
+            lines = buffered[:head_end].decode("latin-1").split("\r\n")
+            headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+            end = head_end + 4 + int(headers["content-length"])
+            if len(buffered) >= end:
+                answers.append((int(lines[0].split()[1]), headers, buffered[head_end + 4 : end]))
+                buffered = buffered[end:]
+                continue
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed after {len(answers)} answers"
+        buffered += chunk
+    return answers
+
+
+def _head(path: str, length: int, request_id: str) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+        f"X-Request-Id: {request_id}\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+def _post(path: str, body: bytes, request_id: str) -> bytes:
+    return _head(path, len(body), request_id) + body
+
+
+async def test_a_refusal_keeps_its_connection_and_says_who_refused(gateway: GatewayProcess) -> None:
+    """With the queue full, a request is refused as soon as its head arrives: the 429 carries
+    the request id, the routing headers and Retry-After, its body is dropped, the same
+    connection then serves the next request (sent after it, or pipelined with it), and the
+    refusals are counted."""
+    path = "/v2/models/iris/versions/slow/infer"
+    body = json.dumps(iris_body()).encode()
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=20)) as client:
+        calls = [
+            asyncio.ensure_future(client.post(gateway.url + path, content=body)) for _ in range(8)
+        ]
+        first = await next(asyncio.as_completed(calls))
+        assert first.status_code == 429  # the queue is full: 1 running, 4 waiting
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
+            sock.sendall(_post(path, body, "door-1"))
+            ((status, headers, answer),) = await asyncio.to_thread(_answers, sock, 1)
+            ready = b"GET /v2/health/live HTTP/1.1\r\nHost: gateway\r\n\r\n"
+            sock.sendall(_post(path, body, "door-2") + ready)  # pipelined
+            (second, third) = await asyncio.to_thread(_answers, sock, 2)
+        await asyncio.gather(*calls)
+    assert status == 429 and int(headers["retry-after"]) >= 1
+    assert headers["x-request-id"] == "door-1" and headers["content-type"] == "application/json"
+    assert (headers["x-gateway-variant"], headers["x-gateway-role"]) == ("slow", "direct")
+    assert "max_queue_size" in json.loads(answer)["error"]
+    assert second[0] == 429 and second[1]["x-request-id"] == "door-2"
+    assert third[0] == 200 and json.loads(third[2]) == {"live": True}
+    scraped = httpx.get(f"{gateway.url}/metrics").text
+    counts = {
+        sample.labels["code"]: sample.value
+        for family in text_string_to_metric_families(scraped)
+        for sample in family.samples
+        if sample.name == "gateway_requests_total" and sample.labels["variant"] == "slow"
+    }
+    assert counts["429"] == 2 + sum(call.result().status_code == 429 for call in calls)
+
+
+async def test_places_held_for_bodies_are_given_back(gateway: GatewayProcess) -> None:
+    """A request holds its place in the queue from its head on; one whose body is bad (400) or
+    never comes (its client leaves) gives it back: after 30 of each, a queue of 4 takes 4."""
+    path = "/v2/models/iris/versions/slow/infer"
+    for number in range(30):
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
+            sock.sendall(_post(path, b'{"inputs": [', f"bad-{number}"))
+            ((status, _, _),) = _answers(sock, 1)
+            assert status == 400
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
+            sock.sendall(_head(path, 99, f"gone-{number}"))  # and no body: the client leaves
+    async with httpx.AsyncClient(timeout=60) as client:
+        answers = await asyncio.gather(
+            *(client.post(gateway.url + path, json=iris_body()) for _ in range(4))
+        )
+    assert [answer.status_code for answer in answers] == [200] * 4

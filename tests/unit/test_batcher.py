@@ -222,7 +222,7 @@ async def test_a_request_still_queued_at_its_deadline_is_answered_then(tmp_path:
     make_slow_model(tmp_path / "slow.onnx", layers=2)
     session = session_of(tmp_path / "slow.onnx")
     queue, recorder = queue_of(session)
-    queue._row_seconds = 0.0  # as if the model were fast: admission lets everything in
+    queue._cost.per_row = 0.0  # as if the model were fast: admission lets everything in
     x = {"input": np.zeros((1, 4), np.float32)}
     running = asyncio.ensure_future(queue.run(x, ["scores"], 1, deadline(60)))
     await asyncio.sleep(0)
@@ -291,3 +291,41 @@ async def test_shadow_runs_join_batches_and_keep_their_own_answers(tmp_path: Pat
         assert shadow["double"] == (x * 2).tolist()
     run_rows = sorted(json.loads(r["shadow_output"])["run_rows"][0] for r in records.values())
     assert run_rows == [14] * 14 + [16] * 16
+
+
+async def test_places_held_while_bodies_are_read_count_against_the_queue(tmp_path: Path) -> None:
+    """Admitted heads hold places: with one slot and a queue of 2, three holds fill it (one
+    will run at once), a fourth is refused with nothing queued yet; a released place is free."""
+    make_slow_model(tmp_path / "slow.onnx", layers=1)
+    queue, recorder = queue_of(session_of(tmp_path / "slow.onnx"), max_queue_size=2)
+    now = time.perf_counter()
+    held = [queue.hold() for _ in range(3)]
+    for place in held:
+        assert place is not None
+    with pytest.raises(QueueFull):
+        queue.admit(1, now, deadline())
+    held[0].release()
+    held[0].release()  # twice: given back once
+    queue.admit(1, now, deadline())
+    assert recorder.rejections == ["queue_full"]
+
+
+async def test_a_late_answer_limits_how_many_are_admitted(tmp_path: Path) -> None:
+    """Once an answer comes after half its time to its deadline, the queue admits a fifth
+    fewer requests than were outstanding, and refuses the rest at once with 504."""
+    make_slow_model(tmp_path / "slow.onnx", layers=2)
+    session = session_of(tmp_path / "slow.onnx")
+    queue, recorder = queue_of(session)
+    queue._cost.per_row = 0.0  # as if the model were fast: only lateness limits
+    x = {"input": np.zeros((1, 4), np.float32)}
+    budget = session.seconds_per_row * 1.5  # the second of these is answered late, in time
+    calls = [
+        asyncio.ensure_future(queue.run(x, ["scores"], 1, deadline(budget * 4))) for _ in range(5)
+    ]
+    await asyncio.gather(*calls)
+    assert queue._limit.limit < 5
+    with pytest.raises(InferenceTimeout, match="would not be answered before its deadline"):
+        for _ in range(5):
+            queue.admit(1, time.perf_counter(), deadline(60))
+            queue.hold()
+    assert recorder.rejections == ["deadline"]

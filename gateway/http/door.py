@@ -1,0 +1,122 @@
+"""Admission at the door: under overload, inference requests are admitted or refused as soon as
+their head arrives, by the connection itself (README "Batching and admission").
+
+An inference request is refused (429 when its variant's queue is full, 504 when it could not be
+answered before its deadline) before its body is read, but on the usual path a refusal still
+costs an ASGI task, the endpoint and uvicorn's response machinery: about a quarter of a served
+request on the heavy model. At four times the capacity the gateway then spent its core turning
+requests away, fell behind in reading them, and answered everything seconds late, health probes
+included (docs/benchmarks.md, overload). So while a queue has refused lately
+(`Scheduler.refusing`), GatewayHttpProtocol asks the door at the end of each head: the door routes
+the request and asks its queue, as the endpoint would. A refusal is written at once, in one
+write, with the endpoint's body and headers, and counted as the endpoint counts it; the body
+that follows is read and dropped. An admitted request goes on to the endpoint with its route,
+its session and its arrival time (`Admitted`), so it is routed once. Ray Serve refuses over its
+`max_queued_requests` in its proxy in the same way, before the replica sees the request.
+
+The door stays out of the way of everything else: a request that is not an inference POST, a
+head that asks for `100-continue`, a connection that is closing or has a request ahead of it, a
+gateway that traces requests, and every error but 429 and 504 go the usual way.
+"""
+
+import time
+from typing import TYPE_CHECKING, NamedTuple
+
+from gateway.errors import GatewayError, InferenceTimeout, QueueFull
+from gateway.exchange import choose_route, record_answer
+from gateway.http.inference import Admitted, error_answer
+from gateway.request_ids import header_safe, new_request_id
+from gateway.routing import Route
+
+if TYPE_CHECKING:
+    from gateway.http.app import GatewayApp
+
+
+class Refused(NamedTuple):
+    """A request the door refused: its answer's status, its request id (a header line of its
+    own) and the rest of its head and body, from the other headers on."""
+
+    status: int
+    request_id: bytes
+    rest: bytes
+
+
+ANSWERS_KEPT = 256  # distinct refusals kept as bytes (routes x reasons x Retry-After values)
+
+
+class Door:
+    """Admits or refuses inference requests from their head (see the module docstring)."""
+
+    def __init__(self, app: "GatewayApp") -> None:
+        self._app = app
+        self._paths: dict[bytes, tuple[str, str | None] | None] = {}
+        # Each refusal's answer from its headers on, but the request id: the same bytes each
+        # time for one route, reason and Retry-After.
+        self._answers: dict[tuple[object, ...], tuple[int, bytes]] = {}
+
+    @property
+    def open(self) -> bool:
+        """Whether heads are brought to the door: once the models are loaded, unless requests
+        are traced (their spans begin in the endpoint)."""
+        app = self._app
+        return app.service is not None and app.tracing is None
+
+    def admit(
+        self, method: bytes, path: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> Admitted | Refused | None:
+        """The door's answer to a request head (`headers`: names in lower case); None when the
+        request goes the usual way, undecided."""
+        service = self._app.service
+        if method != b"POST" or service is None:
+            return None
+        target = self._target(path)
+        if target is None:
+            return None
+        started = time.perf_counter()
+        model, variant = target
+        named = dict(headers)
+        try:
+            route = choose_route(service, model, variant, named)
+            session = service.session(model, route.variant)
+        except GatewayError:
+            return None  # 404, 503: the endpoint answers them
+        try:
+            held = service.admit(session, started, hold=True)
+        except (QueueFull, InferenceTimeout) as refusal:
+            header_id = named.get(b"x-request-id")
+            request_id = header_safe(header_id.decode("latin-1")) if header_id else None
+            request_id = request_id or new_request_id()
+            status, rest = self._answer(refusal, route)
+            gateway = self._app.gateway
+            access_log = None if gateway is None else gateway.access_log
+            seconds = time.perf_counter() - started
+            record_answer(service, access_log, model, route, status, request_id, seconds)
+            return Refused(status, request_id.encode("latin-1"), rest)
+        return Admitted(route, session, started, held)
+
+    def _target(self, path: bytes) -> tuple[str, str | None] | None:
+        """The model and variant of an inference route's path; None for any other path."""
+        try:
+            return self._paths[path]
+        except KeyError:
+            pass
+        found = None if b"%" in path else self._app.inference_endpoint(path.decode("latin-1"))
+        target = None if found is None else (found[1]["model"], found[1].get("variant"))
+        if len(self._paths) >= ANSWERS_KEPT:
+            self._paths.clear()  # paths of unknown models, say: never kept unbounded
+        self._paths[path] = target
+        return target
+
+    def _answer(self, refusal: GatewayError, route: Route) -> tuple[int, bytes]:
+        key = (refusal.message, refusal.headers, route.variant, route.role, route.revision)
+        answer = self._answers.get(key)
+        if answer is None:
+            status, body, headers = error_answer(refusal, route, "")
+            lines = [
+                b"%s: %s\r\n" % (name, value) for name, value in headers if name != b"x-request-id"
+            ]
+            answer = (status, b"".join([*lines, b"\r\n", body]))
+            if len(self._answers) >= ANSWERS_KEPT:
+                self._answers.clear()
+            self._answers[key] = answer
+        return answer
