@@ -1,7 +1,9 @@
 """Run sessions on the event loop when the run is known to be tiny, else on a thread."""
 
 import asyncio
+import contextlib
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,6 +15,7 @@ from gateway.errors import InferenceTimeout, ModelRefused
 from gateway.runtime.session import ModelSession
 
 Outputs = dict[str, np.ndarray]
+RUNNER_NICE = 10  # the runner threads' nice value: the event loop (0) comes first
 
 
 class Runner:
@@ -26,12 +29,15 @@ class Runner:
     a small model's whole run. So a run whose expected duration (from the variant's own past runs,
     per row of the batch) is under `inline_below_s` runs on the event loop itself: it stalls other
     requests for less than the hand-off would have cost them. 0 sends every run to a thread.
+    The threads run at a lower priority than the event loop (`RUNNER_NICE`).
     """
 
     def __init__(self, threads: int | None = None, inline_below_s: float = 0.0) -> None:
         self.threads = threads or _usable_cores()
         self.inline_below_s = inline_below_s
-        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="gateway-infer")
+        self._pool = ThreadPoolExecutor(
+            self.threads, thread_name_prefix="gateway-infer", initializer=_yield_to_event_loop
+        )
 
     def inline(self, session: ModelSession, rows: int) -> bool:
         """Whether a run of `rows` rows is expected to be short enough to run on the loop."""
@@ -123,3 +129,15 @@ def batch_rows(inputs: Outputs) -> int:
 
 def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0]
+
+
+def _yield_to_event_loop() -> None:
+    """Run the calling thread at `RUNNER_NICE` (Linux: a thread's own nice value).
+
+    Where the runner's threads and the event loop share a core, the loop's work per request is
+    short and decides how soon every caller hears back, probes included; a model run is long and
+    the same whoever waits. Under overload on one core, with both at the same priority, the loop
+    got half the core, lagged behind reading requests and answered refusals in tens of ms. Lower
+    priority only orders them when both want the core: an idle loop leaves a run all of it."""
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed: as it is
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), RUNNER_NICE)
