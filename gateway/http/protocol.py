@@ -18,9 +18,8 @@ While the gateway drains before a shutdown (gateway.http.drain), every answer ca
 `Connection: close` and its connection closes after it, so kept-alive clients reconnect through
 their load balancer to another replica. Its first connection installs the gateway's own
 accepting (gateway.http.accept), which keeps up with new connections however busy the server
-is. Under overload, inference requests are admitted or
-refused when their head arrives (gateway.http.door), a refusal written at once without an ASGI
-task. Everything else is uvicorn's own protocol.
+is. Inference requests are admitted or refused when their head arrives (gateway.http.door), a
+refusal written at once without an ASGI task. Everything else is uvicorn's own protocol.
 """
 
 import asyncio
@@ -120,6 +119,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         # What the unfinished request head may still take; None while a body is read.
         self._head_room: int | None = max_request_head_bytes
         self._head_counted = True  # was the head counted from its first byte on?
+        self._idle_after_door = False  # has the door answered a request now wholly read?
         # The app's lifespan state holds the drain and the door (ASGI lifespan "state"; uvicorn
         # passes it).
         self._drain: Drain | None = self.app_state.get("drain")
@@ -137,6 +137,15 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         return len(self.tasks) > 1  # the server's requests in progress, this one included
 
     def data_received(self, data: bytes | memoryview) -> None:
+        self._receive(data)
+        if self._idle_after_door and self.timeout_keep_alive_task is None:
+            # The door answered the last request, whose body is read: the connection idles
+            # from here (uvicorn arms this when a response completes after its request).
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
+
+    def _receive(self, data: bytes | memoryview) -> None:
         room = self._head_room
         if room is None or len(data) <= room:
             if room is not None:
@@ -154,12 +163,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             limit = self.max_request_head_bytes
             self._refuse(f"request head is larger than max_request_head_bytes ({limit} bytes)")
         else:
-            self.data_received(view[room:])
+            self._receive(view[room:])
 
     def on_message_begin(self) -> None:
         # A request that began in the read that ended the one before (pipelining) was not
         # counted from its first byte: its room is still whole.
         self._head_counted = self._head_room != self.max_request_head_bytes
+        self._idle_after_door = False
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
@@ -185,6 +195,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._head_room = self.max_request_head_bytes  # the next request's head
+        self._idle_after_door = self.cycle is _ANSWERED_AT_DOOR
         super().on_message_complete()
 
     def _refused_at_door(self, door: "Door") -> bool:
@@ -195,6 +206,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             (cycle is not None and not cycle.response_complete)  # pipelined: answers keep order
             or self.expect_100_continue  # its client may never send the body we would skip
             or not self.parser.should_keep_alive()
+            or self.parser.should_upgrade()
             or (self._drain is not None and self._drain.draining)
         ):
             return False
@@ -210,9 +222,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             content += [name, b": ", value, b"\r\n"]
         content += [b"x-request-id: ", verdict.request_id, b"\r\n", verdict.rest]
         self.transport.write(b"".join(content))
-        # The body still to come is dropped (uvicorn skips it once a response is complete).
-        self.cycle = _ANSWERED_AT_DOOR  # type: ignore[assignment]
-        self.on_response_complete()
+        # The body still to come is dropped (uvicorn skips it once a response is complete);
+        # once it is read, the connection idles (data_received).
+        self.cycle = _ANSWERED_AT_DOOR
+        self.server_state.total_requests += 1  # as uvicorn counts a response complete
         return True
 
     def _long_header_line(self) -> bool:
@@ -239,7 +252,7 @@ class _AnsweredAtDoor:
     message_event = asyncio.Event()  # connection_lost sets it: nobody waits on it
 
 
-_ANSWERED_AT_DOOR = _AnsweredAtDoor()
+_ANSWERED_AT_DOOR: Any = _AnsweredAtDoor()  # stands for a RequestResponseCycle
 
 Message = MutableMapping[str, Any]
 ASGIApp = Callable[

@@ -198,3 +198,24 @@ async def test_places_held_for_bodies_are_given_back(gateway: GatewayProcess) ->
             *(client.post(gateway.url + path, json=iris_body()) for _ in range(4))
         )
     assert [answer.status_code for answer in answers] == [200] * 4
+
+
+async def test_a_connection_idle_after_a_refusal_is_closed_as_any_idle_one(
+    gateway: GatewayProcess,
+) -> None:
+    """A request refused from its head, whose body comes later: once the body is read, the
+    connection idles and closes after uvicorn's keep-alive timeout (5 s), as after any answer."""
+    path = "/v2/models/iris/versions/slow/infer"
+    body = json.dumps(iris_body()).encode()
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=20)) as client:
+        calls = [
+            asyncio.ensure_future(client.post(gateway.url + path, content=body)) for _ in range(8)
+        ]
+        assert (await next(asyncio.as_completed(calls))).status_code == 429  # the queue is full
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
+            sock.sendall(_head(path, len(body), "late-body"))
+            ((status, _, _),) = await asyncio.to_thread(_answers, sock, 1)
+            sock.sendall(body)
+            closed = await asyncio.to_thread(sock.recv, 1)  # blocks until the server closes
+        await asyncio.gather(*calls)
+    assert status == 429 and closed == b""
