@@ -12,8 +12,9 @@ see them; so did every health probe and Prometheus scrape, which open a new conn
 So the gateway also watches a duplicate of each listening socket and, whenever one is readable,
 accepts everything waiting there (up to `ACCEPT_AT_ONCE`), handing each connection to the loop
 with `connect_accepted_socket` and uvicorn's own protocol, as uvicorn's server would. uvloop's
-server stays as it is; the two take turns on the same accept queue. Once uvicorn shuts down, the
-duplicates close, so the socket stops listening when uvicorn closes its own.
+server stays as it is; the two take turns on the same accept queue. The duplicates close when the
+drain ends (gateway.http.drain), as uvicorn closes its own sockets, or at the first connection
+after uvicorn began to shut down otherwise (SIGINT): the socket stops listening with uvicorn's.
 """
 
 import asyncio

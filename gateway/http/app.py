@@ -112,6 +112,7 @@ def create_app(
             try:
                 binding = grpc_binding or GrpcBinding()
                 acceptor = Acceptor()
+                app.drain.at_end(acceptor.close)  # stop accepting with uvicorn, not after it
                 async with _grpc_face(app, gateway, binding, consumers is None):
                     # Lifespan state: uvicorn hands it to our protocol.
                     try:

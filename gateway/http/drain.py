@@ -31,6 +31,7 @@ import asyncio
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -51,6 +52,11 @@ class Drain:
         self._uvicorn_handler: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._at_end: list[Callable[[], None]] = []
+
+    def at_end(self, callback: Callable[[], None]) -> None:
+        """Call `callback` when the drain is over, as uvicorn is told to stop accepting."""
+        self._at_end.append(callback)
 
     @property
     def server(self) -> uvicorn.Server | None:
@@ -111,4 +117,6 @@ class Drain:
         self._timer = None
         if self._server is not None and not self._server.should_exit:
             log.info("drain over: shutting down")
+            for callback in self._at_end:
+                callback()
             self._server.should_exit = True  # what uvicorn's handler does, minus the re-raise

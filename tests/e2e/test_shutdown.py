@@ -4,6 +4,7 @@ requests in flight finish, the shadow log is flushed and the process exits 0; SI
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -110,6 +111,15 @@ def draining_ready(gateway: GatewayProcess) -> httpx.Response | None:
     return answer if answer.status_code == 503 else None
 
 
+def refused(gateway: GatewayProcess) -> bool:
+    """Whether a new connection to the gateway's port is refused (nothing listens there)."""
+    try:
+        socket.create_connection(("127.0.0.1", gateway.port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 def infer(gateway: GatewayProcess, request_id: str) -> httpx.Response:
     """An iris inference on a new connection."""
     headers = {"x-request-id": request_id}
@@ -127,7 +137,8 @@ def test_sigterm_drains_finishes_in_flight_and_exits_0(
     tmp_path: Path,
 ) -> None:
     """After SIGTERM: ready answers 503 within the drain while inference still answers 200
-    (with Connection: close); a request in flight since before SIGTERM outlasts the drain and
+    (with Connection: close); after the drain new connections are refused; a request in flight
+    since before SIGTERM outlasts the drain and
     answers 200; the shadow record of a request answered just before SIGTERM is in the file;
     the process exits 0."""
     gateway = start_gateway(shutdown_config(slow=True))
@@ -143,6 +154,9 @@ def test_sigterm_drains_finishes_in_flight_and_exits_0(
     assert model_ready.status_code == 503 and "draining" in model_ready.json()["error"]
     during = infer(gateway, "during-the-drain")
     assert during.status_code == 200 and during.headers["connection"] == "close"
+    # The drain over, the port stops listening while the request in flight still runs.
+    wait_until(lambda: refused(gateway), timeout=DRAIN_S + 10)
+    assert gateway.process.poll() is None and slow.answer is None
 
     assert gateway.process.wait(timeout=30) == 0
     slow.join(timeout=30)
