@@ -1,22 +1,23 @@
-"""Admission at the door: under overload, inference requests are admitted or refused as soon as
-their head arrives, by the connection itself (README "Batching and admission").
+"""Admission at the door: inference requests are admitted or refused as soon as their head
+arrives, by the connection itself (README "Batching and admission").
 
-An inference request is refused (429 when its variant's queue is full, 504 when it could not be
-answered before its deadline) before its body is read, but on the usual path a refusal still
-costs an ASGI task, the endpoint and uvicorn's response machinery: about a quarter of a served
-request on the heavy model. At four times the capacity the gateway then spent its core turning
-requests away, fell behind in reading them, and answered everything seconds late, health probes
-included (docs/benchmarks.md, overload). So while a queue has refused lately
-(`Scheduler.refusing`), GatewayHttpProtocol asks the door at the end of each head: the door routes
-the request and asks its queue, as the endpoint would. A refusal is written at once, in one
-write, with the endpoint's body and headers, and counted as the endpoint counts it; the body
-that follows is read and dropped. An admitted request goes on to the endpoint with its route,
-its session and its arrival time (`Admitted`), so it is routed once. Ray Serve refuses over its
-`max_queued_requests` in its proxy in the same way, before the replica sees the request.
+A refusal (429 when its variant's queue is full, 504 when it could not be answered before its
+deadline) came before the body was read, but still cost an ASGI task, the endpoint and uvicorn's
+response machinery: about a quarter of a served request on the heavy model. At four times the
+capacity the gateway spent its core turning requests away, fell behind in reading them, and
+answered everything seconds late, health probes included (docs/benchmarks.md, overload). So
+GatewayHttpProtocol asks the door at the end of each head: the door routes the request and asks
+its queue, as the endpoint would. A refusal is written at once, in one write, with the
+endpoint's body and headers, and counted as the endpoint counts it; the body that follows is read
+and dropped. An admitted request goes on to the endpoint with its route, its session, its
+arrival time and the place it holds in its queue (`Admitted`), so it is routed once. Ray Serve's
+proxy refuses over `max_queued_requests` in the same way, before a replica sees the request.
 
 The door stays out of the way of everything else: a request that is not an inference POST, a
-head that asks for `100-continue`, a connection that is closing or has a request ahead of it, a
-gateway that traces requests, and every error but 429 and 504 go the usual way.
+head that asks for `100-continue` or an upgrade, a connection that closes after its answer
+(HTTP/1.0, `Connection: close`, a drain) or has a request ahead of it, a gateway that traces
+requests, and every error but 429 and 504 go the usual way: the endpoint routes and admits them
+itself, as it does in-process (tests, other ASGI servers).
 """
 
 import time
