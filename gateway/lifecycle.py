@@ -34,7 +34,14 @@ from gateway.rollout.controller import RolloutController
 from gateway.rollout.plan import RolloutPlan
 from gateway.rollout.store import EmbeddedRollouts, RedisRollouts, RolloutStore
 from gateway.routing import RoutingState, RoutingTable
-from gateway.runtime import ModelRepository, QueuePolicy, Runner, Scheduler, load_repository
+from gateway.runtime import (
+    ModelRepository,
+    ModelSession,
+    QueuePolicy,
+    Runner,
+    Scheduler,
+    load_repository,
+)
 from gateway.service import InferenceService
 from gateway.settings import Settings, load_settings
 from gateway.shadow import ShadowLog, ShadowSink
@@ -113,6 +120,7 @@ class Gateway:
         self.shadow_log.start()
         self.runner = Runner(inline_below_s=settings.inline_run_below_s)
         self.scheduler = Scheduler(self.runner, queue_policies(settings), self.metrics)
+        self.scheduler.configure(queue_policies(settings), _sessions(repository))
         self.service = InferenceService(
             repository, table, self.scheduler, self.metrics, self.shadow_log,
             settings.request_timeout_s,
@@ -223,10 +231,7 @@ class Gateway:
         self.repository = repository
         self.service.repository = repository
         self.shadow_log.repository = repository
-        self.scheduler.configure(
-            queue_policies(settings),
-            {session for variants in repository.models.values() for session in variants.values()},
-        )
+        self.scheduler.configure(queue_policies(settings), _sessions(repository))
         self.shadow_log.log_inputs = {n: m.log_inputs for n, m in settings.models.items()}
         self.shadow_log.max_batch_size = _max_batch_sizes(settings)
         self.service.table.replace_all(kept)
@@ -364,3 +369,7 @@ def _max_batch_sizes(settings: Settings) -> dict[tuple[str, str], int]:
 
 def _initial_states(settings: Settings) -> dict[str, RoutingState]:
     return {name: RoutingState.from_config(m.routing) for name, m in settings.models.items()}
+
+
+def _sessions(repository: ModelRepository) -> set[ModelSession]:
+    return {session for variants in repository.models.values() for session in variants.values()}

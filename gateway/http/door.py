@@ -13,11 +13,13 @@ and dropped. An admitted request goes on to the endpoint with its route, its ses
 arrival time and the place it holds in its queue (`Admitted`), so it is routed once. Ray Serve's
 proxy refuses over `max_queued_requests` in the same way, before a replica sees the request.
 
-The door stays out of the way of everything else: a request that is not an inference POST, a
-head that asks for `100-continue` or an upgrade, a connection that closes after its answer
-(HTTP/1.0, `Connection: close`, a drain) or has a request ahead of it, a gateway that traces
-requests, and every error but 429 and 504 go the usual way: the endpoint routes and admits them
-itself, as it does in-process (tests, other ASGI servers).
+The door stays out of the way of everything else: a request that is not an inference POST or is
+for a model none of whose variants has had a queue yet (runs made inline, on the event loop,
+cannot be refused: the endpoint admits them), a head that asks for `100-continue` or an upgrade,
+a connection that closes after its answer (HTTP/1.0, `Connection: close`, a drain) or has a
+request ahead of it, a gateway that traces requests, and every error but 429 and 504 go the
+usual way: the endpoint routes and admits them itself, as it does in-process (tests, other ASGI
+servers).
 """
 
 import time
@@ -55,24 +57,36 @@ class Door:
         # time for one route, reason and Retry-After.
         self._answers: dict[tuple[object, ...], tuple[int, bytes]] = {}
 
-    @property
-    def open(self) -> bool:
-        """Whether heads are brought to the door: once the models are loaded, unless requests
-        are traced (their spans begin in the endpoint)."""
+    def target(self, method: bytes, url: bytes) -> tuple[str, str | None] | None:
+        """The model and variant (None: routed) of a request the door decides on, from its
+        method and URL: an inference POST for a model with a queue, once the models are loaded
+        and unless requests are traced (their spans begin in the endpoint); else None."""
         app = self._app
-        return app.service is not None and app.tracing is None
+        service = app.service
+        if method != b"POST" or service is None or app.tracing is not None:
+            return None
+        try:
+            target = self._paths[url]
+        except KeyError:
+            target = self._paths[url] = self._find(url)
+        if target is None or target[0] not in service.scheduler.queued_models:
+            return None  # nothing a queue could refuse: the endpoint routes it, as in-process
+        return target
+
+    def _find(self, url: bytes) -> tuple[str, str | None] | None:
+        if len(self._paths) >= ANSWERS_KEPT:
+            self._paths.clear()  # URLs of unknown models, say: never kept unbounded
+        path = url.split(b"?", 1)[0]
+        found = None if b"%" in path else self._app.inference_endpoint(path.decode("latin-1"))
+        return None if found is None else (found[1]["model"], found[1].get("variant"))
 
     def admit(
-        self, method: bytes, path: bytes, headers: list[tuple[bytes, bytes]]
+        self, target: tuple[str, str | None], headers: list[tuple[bytes, bytes]]
     ) -> Admitted | Refused | None:
-        """The door's answer to a request head (`headers`: names in lower case); None when the
-        request goes the usual way, undecided."""
+        """The door's answer to a request for `target` (`Door.target`) with `headers` (names
+        in lower case); None when it goes the usual way, undecided."""
         service = self._app.service
-        if method != b"POST" or service is None:
-            return None
-        target = self._target(path)
-        if target is None:
-            return None
+        assert service is not None  # `target` says so
         started = time.perf_counter()
         model, variant = target
         named = dict(headers)
@@ -94,19 +108,6 @@ class Door:
             record_answer(service, access_log, model, route, status, request_id, seconds)
             return Refused(status, request_id.encode("latin-1"), rest)
         return Admitted(route, session, started, held)
-
-    def _target(self, path: bytes) -> tuple[str, str | None] | None:
-        """The model and variant of an inference route's path; None for any other path."""
-        try:
-            return self._paths[path]
-        except KeyError:
-            pass
-        found = None if b"%" in path else self._app.inference_endpoint(path.decode("latin-1"))
-        target = None if found is None else (found[1]["model"], found[1].get("variant"))
-        if len(self._paths) >= ANSWERS_KEPT:
-            self._paths.clear()  # paths of unknown models, say: never kept unbounded
-        self._paths[path] = target
-        return target
 
     def _answer(self, refusal: GatewayError, route: Route) -> tuple[int, bytes]:
         key = (refusal.message, refusal.headers, route.variant, route.role, route.revision)

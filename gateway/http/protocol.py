@@ -137,7 +137,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         return len(self.tasks) > 1  # the server's requests in progress, this one included
 
     def data_received(self, data: bytes | memoryview) -> None:
-        self._receive(data)
+        room = self._head_room
+        if room is None or len(data) <= room:
+            if room is not None:
+                self._head_room = room - len(data)  # a body read with it is counted too: harmless
+            super().data_received(data)  # type: ignore[arg-type]  # httptools takes memoryviews
+        else:
+            self._receive_past(data, room)
         if self._idle_after_door and self.timeout_keep_alive_task is None:
             # The door answered the last request, whose body is read: the connection idles
             # from here (uvicorn arms this when a response completes after its request).
@@ -145,13 +151,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 self.timeout_keep_alive, self.timeout_keep_alive_handler
             )
 
-    def _receive(self, data: bytes | memoryview) -> None:
-        room = self._head_room
-        if room is None or len(data) <= room:
-            if room is not None:
-                self._head_room = room - len(data)  # a body read with it is counted too: harmless
-            super().data_received(data)  # type: ignore[arg-type]  # httptools takes memoryviews
-            return
+    def _receive_past(self, data: bytes | memoryview, room: int) -> None:
+        """Receive `data`, longer than the `room` the head in progress may still take."""
         # The parser gets what the head may still take; the rest only if the head ended in it.
         # (memoryview: slices without copies, as large bodies often come in the same read.)
         view = memoryview(data)
@@ -162,8 +163,14 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self._head_room == 0:  # still the same head, and it goes on
             limit = self.max_request_head_bytes
             self._refuse(f"request head is larger than max_request_head_bytes ({limit} bytes)")
+            return
+        rest, room_left = view[room:], self._head_room  # None: the head ended, a body follows
+        if room_left is None or len(rest) <= room_left:
+            if room_left is not None:
+                self._head_room = room_left - len(rest)
+            super().data_received(rest)  # type: ignore[arg-type]
         else:
-            self._receive(view[room:])
+            self._receive_past(rest, room_left)
 
     def on_message_begin(self) -> None:
         # A request that began in the read that ended the one before (pipelining) was not
@@ -181,7 +188,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             # Answered through uvicorn's cycle, as it answers over `limit_concurrency`.
             message = f"request header line is longer than max_header_line_bytes ({limit} bytes)"
             self.app = _refusal(message)
-        elif self._door is not None and self._door.open and self._refused_at_door(self._door):
+        elif self._door is not None and self._refused_at_door(self._door):
             return
         super().on_headers_complete()
         if self._drain is not None and self._drain.draining:
@@ -201,6 +208,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def _refused_at_door(self, door: "Door") -> bool:
         """Ask the door about the request whose head just ended; write its refusal, if it is
         refused, and say so. An admitted request carries its admission to the endpoint."""
+        target = door.target(self.parser.get_method(), self.url)
+        if target is None:
+            return False
         cycle = self.cycle
         if (
             (cycle is not None and not cycle.response_complete)  # pipelined: answers keep order
@@ -210,8 +220,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             or (self._drain is not None and self._drain.draining)
         ):
             return False
-        path = self.url.split(b"?", 1)[0]
-        verdict = door.admit(self.parser.get_method(), path, self.headers)
+        verdict = door.admit(target, self.headers)
         if verdict is None:
             return False
         if isinstance(verdict, Admitted):

@@ -437,6 +437,9 @@ class Scheduler:
         self._observer = observer
         self._policies = dict(policies)
         self._queues: dict[ModelSession, VariantQueue] = {}
+        # Models with a variant whose runs have gone through a queue: the only ones whose
+        # requests can be refused before their body is read (gateway.http.door).
+        self.queued_models: set[str] = set()
 
     def policy(self, model: str, variant: str) -> QueuePolicy:
         return self._policies.get((model, variant), _NO_BATCHING)
@@ -444,21 +447,26 @@ class Scheduler:
     def configure(
         self, policies: Mapping[tuple[str, str], QueuePolicy], sessions: set[ModelSession]
     ) -> None:
-        """After a reload: new policies; forget the queues of sessions no longer served."""
+        """At start-up and after a reload: the policies; the queues of the sessions served,
+        made now for those whose runs go through one (a first burst is bounded too), those of
+        sessions no longer served forgotten."""
         self._policies = dict(policies)
         self._queues = {
             session: queue
             for session, queue in self._queues.items()
             if session in sessions and queue.policy == self.policy(session.model, session.variant)
         }
+        self.queued_models = {session.model for session in self._queues}
+        for session in sessions:
+            self._queue(session, 1)
 
     def admit(self, session: ModelSession, deadline: float, hold: bool = False) -> Held | None:
         """Refuse a request at once (`VariantQueue.admit`) if its variant's queue cannot take it,
         before its body is decoded: under overload a refusal must cost less than a request.
         With `hold`, an admitted request holds its place (`VariantQueue.hold`) while its body is
         read: the caller releases it right before `run`."""
-        queue = self._queue(session, 1)
-        if queue is None:
+        queue = self._queues.get(session)
+        if queue is None:  # its runs are made inline: nothing waits, nothing to refuse
             return None
         queue.admit(1, time.perf_counter(), deadline)
         return queue.hold() if hold else None
@@ -488,6 +496,7 @@ class Scheduler:
         if queue is None:
             queue = VariantQueue(session, policy, self.runner, self._observer)
             self._queues[session] = queue
+            self.queued_models.add(session.model)
         return queue
 
 
