@@ -63,14 +63,19 @@ async def test_overload_is_answered_at_once_and_health_stays_up(gateway: Gateway
     for answer in answers:
         if answer.status_code == 429:
             assert int(answer.headers["retry-after"]) >= 1 and "error" in answer.json()
+    counted = _slow_counts(gateway, "gateway_rejected_requests_total", "reason")
+    assert counted == {"queue_full": codes.count(429)}
+
+
+def _slow_counts(gateway: GatewayProcess, name: str, label: str) -> dict[str, float]:
+    """The samples of counter `name` for the variant `slow`, by the value of `label`."""
     scraped = httpx.get(f"{gateway.url}/metrics").text
-    counted = {
-        sample.labels["reason"]: sample.value
+    return {
+        sample.labels[label]: sample.value
         for family in text_string_to_metric_families(scraped)
         for sample in family.samples
-        if sample.name == "gateway_rejected_requests_total" and sample.labels["variant"] == "slow"
+        if sample.name == name and sample.labels["variant"] == "slow"
     }
-    assert counted == {"queue_full": codes.count(429)}
 
 
 def test_tritonclient_timeout_is_the_request_deadline(gateway: GatewayProcess) -> None:
@@ -172,13 +177,7 @@ async def test_a_refusal_keeps_its_connection_and_says_who_refused(gateway: Gate
     assert "max_queue_size" in json.loads(answer)["error"]
     assert second[0] == 429 and second[1]["x-request-id"] == "door-2"
     assert third[0] == 200 and json.loads(third[2]) == {"live": True}
-    scraped = httpx.get(f"{gateway.url}/metrics").text
-    counts = {
-        sample.labels["code"]: sample.value
-        for family in text_string_to_metric_families(scraped)
-        for sample in family.samples
-        if sample.name == "gateway_requests_total" and sample.labels["variant"] == "slow"
-    }
+    counts = _slow_counts(gateway, "gateway_requests_total", "code")
     assert counts["429"] == 2 + sum(call.result().status_code == 429 for call in calls)
 
 
