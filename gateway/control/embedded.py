@@ -1,13 +1,13 @@
 """Embedded mode: each model's history is a JSON file under `data_dir/routing/`, one process."""
 
 import asyncio
-import os
 from pathlib import Path
 
 import orjson
 
 from gateway.control.store import HistoryEntry, ModelNames, OnChange, OnReload
 from gateway.errors import Conflict
+from gateway.files import replace_file
 
 
 class EmbeddedStore:
@@ -54,12 +54,5 @@ class EmbeddedStore:
         return [HistoryEntry.from_dict(item) for item in orjson.loads(raw)]
 
     def _write(self, model: str, history: list[HistoryEntry]) -> None:
-        self._directory.mkdir(parents=True, exist_ok=True)
-        target = self._file(model)
-        temporary = target.with_suffix(".json.tmp")
         data = orjson.dumps([entry.to_dict() for entry in history], option=orjson.OPT_INDENT_2)
-        with temporary.open("wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, target)
+        replace_file(self._file(model), data)

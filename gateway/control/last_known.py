@@ -14,12 +14,12 @@ network disk, and installs happen on the event loop.
 import asyncio
 import fcntl
 import logging
-import os
 from pathlib import Path
 
 import orjson
 
 from gateway.control.store import HistoryEntry
+from gateway.files import replace_file
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +66,7 @@ class LastKnownRouting:
                 current = None  # unreadable: replace it
             if current is not None and current.revision >= entry.revision:
                 return False
-            temporary = target.with_suffix(".json.tmp")
-            with temporary.open("wb") as file:
-                file.write(orjson.dumps({"model": model, **entry.to_dict()}))
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, target)
+            replace_file(target, orjson.dumps({"model": model, **entry.to_dict()}))
         return True
 
     async def _write_pending(self) -> None:

@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from gateway.errors import ConfigError, Conflict, NotFound, Unavailable, redis_errors
+from gateway.files import replace_file
 from gateway.metrics import Metrics
 from gateway.monitoring.drift import class_statistics, numeric_statistics
 from gateway.monitoring.feedback import FeedbackStore, MemoryFeedback, RedisFeedback, Scores
@@ -527,10 +528,7 @@ class Monitor:
             path = self._reference_file(model)
             if not replace and path.exists():
                 return
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_suffix(".tmp")
-            temporary.write_bytes(data)
-            temporary.replace(path)
+            replace_file(path, data, durable=False)
         else:
             key = REFERENCE_KEY.format(model=model)
             await self._call(client.set(key, data, nx=not replace))

@@ -10,7 +10,6 @@
 """
 
 import asyncio
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 
 from gateway.errors import Conflict, Unavailable, redis_errors
+from gateway.files import replace_file
 from gateway.rollout.figures import Figures
 from gateway.rollout.record import Rollout
 
@@ -117,14 +117,7 @@ class EmbeddedRollouts:
             return None
 
     def _write(self, rollout: Rollout) -> None:
-        self._directory.mkdir(parents=True, exist_ok=True)
-        target = self._file(rollout.model)
-        temporary = target.with_suffix(".json.tmp")
-        with temporary.open("wb") as file:
-            file.write(orjson.dumps(rollout.to_dict()))
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, target)
+        replace_file(self._file(rollout.model), orjson.dumps(rollout.to_dict()))
 
 
 class RedisRollouts:
