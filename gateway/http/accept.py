@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+ACCEPT_RETRY_S = 1.0  # after a failed accept (out of file descriptors): asyncio's own delay
 ACCEPT_AT_ONCE = 64  # connections accepted in one callback at most: requests are read in between
 
 
@@ -63,8 +64,8 @@ class Acceptor:
                     continue
                 duplicate = socket.socket(fileno=sock.dup().detach())
                 duplicate.setblocking(False)
-                loop.add_reader(duplicate.fileno(), self._accept, loop, duplicate, factory)
                 self._listening.append(duplicate)
+                self._watch(loop, duplicate, factory)
         self._server = server
 
     def _accept(
@@ -81,12 +82,26 @@ class Acceptor:
                 connection, _ = listening.accept()
             except (BlockingIOError, InterruptedError):
                 return  # none left (or uvloop's server took it)
-            except OSError as exc:  # out of file descriptors, say: uvloop's server logs it too
-                log.warning("accepting a connection failed: %s", exc)
+            except OSError as exc:  # out of file descriptors, say
+                # The socket stays readable: watched at once again, it would spin. Wait, as
+                # asyncio's own server does; uvloop's server meanwhile accepts as it can.
+                log.warning("accepting a connection failed: %s (retrying in %g s)", exc,
+                            ACCEPT_RETRY_S)  # fmt: skip
+                loop.remove_reader(listening.fileno())
+                loop.call_later(ACCEPT_RETRY_S, self._watch, loop, listening, factory)
                 return
             connection.setblocking(False)
             task = loop.create_task(loop.connect_accepted_socket(factory, connection))
             task.add_done_callback(_reset_is_no_error)
+
+    def _watch(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        listening: socket.socket,
+        factory: functools.partial[asyncio.Protocol],
+    ) -> None:
+        if listening in self._listening:  # not closed meanwhile
+            loop.add_reader(listening.fileno(), self._accept, loop, listening, factory)
 
     def close(self) -> None:
         """Stop watching and close the duplicates."""

@@ -1,7 +1,11 @@
 """New connections are accepted however busy the event loop is (gateway.http.accept)."""
 
+import os
+import shutil
 import socket
+import subprocess
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -69,3 +73,42 @@ def test_probes_on_new_connections_are_answered_between_busy_loop_iterations(
             thread.join(timeout=120)
     assert statuses == [200] * PROBES
     assert during < PROBES // 2, f"{during} answers while {PROBES} probes waited to be accepted"
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs util-linux's prlimit")
+def test_out_of_file_descriptors_the_gateway_waits_and_recovers(
+    write_config: Callable[..., Path],
+    start_gateway: Callable[..., GatewayProcess],
+) -> None:
+    """With its file descriptors capped at 64 and 100 connections waiting, accepting fails
+    (EMFILE): the gateway does not spin on the still-readable socket (little CPU, few log
+    lines), and once the connections close it accepts and answers again."""
+    gateway = start_gateway(write_config())
+    pid = gateway.process.pid
+    subprocess.run(["prlimit", f"--pid={pid}", "--nofile=64:64"], check=True)
+    waiting = [socket.create_connection(("127.0.0.1", gateway.port)) for _ in range(100)]
+    try:
+        wait_until(lambda: "accepting a connection failed" in gateway.output())
+        before = _cpu_seconds(pid)
+        started = time.monotonic()
+        time.sleep(2.0)  # the window the CPU time is measured over: two retry periods
+        busy = (_cpu_seconds(pid) - before) / (time.monotonic() - started)
+    finally:
+        for sock in waiting:
+            sock.close()
+    assert busy < 0.5, f"the gateway used {busy:.0%} of a core while out of descriptors"
+    assert gateway.output().count("accepting a connection failed") <= 5
+    answer = wait_until(lambda: _live_or_none(gateway.port), timeout=30)
+    assert answer == 200
+
+
+def _live_or_none(port: int) -> int | None:
+    try:
+        return _live(port)
+    except OSError:
+        return None
